@@ -1,0 +1,1 @@
+"""eo-pipeline: tasks."""

@@ -1,0 +1,185 @@
+"""Areas of interest: parse, validate, and choose the grid they are processed on.
+
+An AOI arrives as a bbox ``(west, south, east, north)`` in degrees, a GeoJSON geometry (dict), a
+GeoJSON Feature, or a GeoJSON string. It always means WGS84 longitude/latitude (RFC 7946).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyproj
+import shapely
+from affine import Affine
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
+from shapely.geometry import box, mapping, shape
+from shapely.geometry.base import BaseGeometry
+
+from tasks.errors import InputError
+
+__all__ = ["MAX_AOI_KM2", "AoiLike", "GridSpec", "grid_for_aoi", "parse_aoi", "utm_epsg"]
+
+AoiLike = str | Sequence[float] | Mapping[str, Any] | BaseGeometry
+
+#: Largest AOI accepted without an explicit override (km²). One Sentinel-2 tile is ~12 000 km².
+MAX_AOI_KM2 = 50_000.0
+
+
+def parse_aoi(aoi: AoiLike, *, field: str = "aoi", max_km2: float = MAX_AOI_KM2) -> BaseGeometry:
+    """Return the AOI as a valid shapely (Multi)Polygon in EPSG:4326.
+
+    Raises `InputError` naming `field` when the AOI is malformed, empty, self-intersecting,
+    outside longitude/latitude bounds or larger than `max_km2`.
+    """
+    geom = _to_geometry(aoi, field)
+    if geom.is_empty:
+        raise InputError(f"{field}: the geometry is empty; give a polygon or a bbox with area.")
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise InputError(
+            f"{field}: expected a Polygon or MultiPolygon (or a bbox), got {geom.geom_type}."
+        )
+    if not geom.is_valid:
+        reason = shapely.is_valid_reason(geom)
+        raise InputError(
+            f"{field}: the polygon is invalid ({reason}); fix self-intersections, "
+            "e.g. with shapely.make_valid, and send it again."
+        )
+    west, south, east, north = geom.bounds
+    if west < -180 or east > 180 or south < -90 or north > 90:
+        raise InputError(
+            f"{field}: coordinates must be longitude/latitude in degrees (EPSG:4326), "
+            f"got bounds {geom.bounds}; reproject the AOI to WGS84."
+        )
+    area_km2 = _geodesic_area_km2(geom)
+    if area_km2 <= 0:
+        raise InputError(f"{field}: the polygon has zero area.")
+    if area_km2 > max_km2:
+        raise InputError(
+            f"{field}: the AOI covers {area_km2:,.0f} km², over the limit of {max_km2:,.0f} km²; "
+            "split it into smaller AOIs."
+        )
+    return geom
+
+
+def _to_geometry(aoi: AoiLike, field: str) -> BaseGeometry:
+    if isinstance(aoi, BaseGeometry):
+        return aoi
+    if isinstance(aoi, str):
+        text = aoi.strip()
+        if not text:
+            raise InputError(f"{field}: empty string; give a bbox or a GeoJSON geometry.")
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            parts = text.split(",")
+            try:
+                parsed = [float(p) for p in parts]
+            except ValueError:
+                raise InputError(
+                    f"{field}: {text[:80]!r} is neither GeoJSON nor a bbox "
+                    "'west,south,east,north'."
+                ) from None
+        return _to_geometry(parsed, field)
+    if isinstance(aoi, Mapping):
+        if aoi.get("type") == "Feature":
+            return _to_geometry(aoi.get("geometry") or {}, field)
+        if aoi.get("type") == "FeatureCollection":
+            feats = aoi.get("features") or []
+            if not feats:
+                raise InputError(f"{field}: the FeatureCollection has no features.")
+            return shapely.union_all([_to_geometry(f, field) for f in feats])
+        try:
+            return shape(aoi)
+        except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.GEOSException) as err:
+            raise InputError(f"{field}: not a GeoJSON geometry ({err}).") from err
+    if isinstance(aoi, Sequence):
+        if len(aoi) != 4:
+            raise InputError(
+                f"{field}: a bbox has 4 numbers (west, south, east, north), got {len(aoi)}."
+            )
+        west, south, east, north = (float(v) for v in aoi)
+        if not (west < east and south < north):
+            raise InputError(
+                f"{field}: bbox {list(aoi)} must be (west, south, east, north) with "
+                "west < east and south < north."
+            )
+        return box(west, south, east, north)
+    raise InputError(f"{field}: unsupported type {type(aoi).__name__}; give a bbox or GeoJSON.")
+
+
+def _geodesic_area_km2(geom: BaseGeometry) -> float:
+    area_m2, _ = pyproj.Geod(ellps="WGS84").geometry_area_perimeter(geom)
+    return abs(area_m2) / 1e6
+
+
+def utm_epsg(geom: BaseGeometry) -> int:
+    """EPSG code of the WGS84 UTM zone holding the AOI's centroid (pyproj's CRS database)."""
+    c = geom.centroid
+    infos = query_utm_crs_info(
+        datum_name="WGS 84",
+        area_of_interest=AreaOfInterest(c.x, c.y, c.x, c.y),
+    )
+    if not infos:  # polar regions: UTM is undefined, UPS would be needed
+        raise InputError(f"aoi: no UTM zone covers ({c.x:.3f}, {c.y:.3f}); polar AOIs are unsupported.")
+    return int(infos[0].code)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A north-up grid: CRS, pixel size and bounds snapped to whole pixels.
+
+    `bounds` are (xmin, ymin, xmax, ymax) in the CRS's units (metres for UTM).
+    """
+
+    epsg: int
+    resolution: float
+    bounds: tuple[float, float, float, float]
+
+    def __post_init__(self) -> None:
+        if self.resolution <= 0:
+            raise InputError(f"resolution must be > 0, got {self.resolution}")
+        xmin, ymin, xmax, ymax = self.bounds
+        if not (xmax > xmin and ymax > ymin):
+            raise InputError(f"grid bounds {self.bounds} are empty")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols)."""
+        xmin, ymin, xmax, ymax = self.bounds
+        return (round((ymax - ymin) / self.resolution), round((xmax - xmin) / self.resolution))
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(self.resolution, 0.0, self.bounds[0], 0.0, -self.resolution, self.bounds[3])
+
+    @property
+    def crs(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+    def to_geojson(self) -> dict[str, Any]:
+        """The grid's footprint as a GeoJSON geometry in EPSG:4326."""
+        t = pyproj.Transformer.from_crs(self.epsg, 4326, always_xy=True)
+        poly = shapely.ops.transform(t.transform, box(*self.bounds).segmentize(self.resolution * 64))
+        return dict(mapping(poly))
+
+
+def grid_for_aoi(aoi: AoiLike, resolution: float, *, epsg: int | None = None) -> GridSpec:
+    """The grid an AOI is processed on: its UTM zone (or `epsg`), `resolution` metres,
+    bounds snapped outwards to whole pixels so grids of different runs align."""
+    geom = parse_aoi(aoi)
+    epsg = epsg or utm_epsg(geom)
+    t = pyproj.Transformer.from_crs(4326, epsg, always_xy=True)
+    xmin, ymin, xmax, ymax = shapely.ops.transform(t.transform, geom.segmentize(0.01)).bounds
+    r = float(resolution)
+    snapped = (
+        math.floor(xmin / r) * r,
+        math.floor(ymin / r) * r,
+        math.ceil(xmax / r) * r,
+        math.ceil(ymax / r) * r,
+    )
+    return GridSpec(epsg=epsg, resolution=r, bounds=snapped)
