@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyproj
 import shapely
 from affine import Affine
@@ -22,7 +23,15 @@ from shapely.geometry.base import BaseGeometry
 
 from tasks.errors import InputError
 
-__all__ = ["MAX_AOI_KM2", "AoiLike", "GridSpec", "grid_for_aoi", "parse_aoi", "utm_epsg"]
+__all__ = [
+    "MAX_AOI_KM2",
+    "AoiLike",
+    "GridSpec",
+    "grid_for_aoi",
+    "parse_aoi",
+    "reproject_geometry",
+    "utm_epsg",
+]
 
 AoiLike = str | Sequence[float] | Mapping[str, Any] | BaseGeometry
 
@@ -117,6 +126,17 @@ def _geodesic_area_km2(geom: BaseGeometry) -> float:
     return abs(area_m2) / 1e6
 
 
+def reproject_geometry(geom: BaseGeometry, src_epsg: int, dst_epsg: int) -> BaseGeometry:
+    """`geom` from `src_epsg` to `dst_epsg` (x/y = lon/lat order for EPSG:4326)."""
+    t = pyproj.Transformer.from_crs(src_epsg, dst_epsg, always_xy=True)
+
+    def _xy(coords: np.ndarray) -> np.ndarray:
+        x, y = t.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+    return shapely.transform(geom, _xy)
+
+
 def utm_epsg(geom: BaseGeometry) -> int:
     """EPSG code of the WGS84 UTM zone holding the AOI's centroid (pyproj's CRS database)."""
     c = geom.centroid
@@ -163,8 +183,7 @@ class GridSpec:
 
     def to_geojson(self) -> dict[str, Any]:
         """The grid's footprint as a GeoJSON geometry in EPSG:4326."""
-        t = pyproj.Transformer.from_crs(self.epsg, 4326, always_xy=True)
-        poly = shapely.ops.transform(t.transform, box(*self.bounds).segmentize(self.resolution * 64))
+        poly = reproject_geometry(box(*self.bounds).segmentize(self.resolution * 64), self.epsg, 4326)
         return dict(mapping(poly))
 
 
@@ -173,8 +192,7 @@ def grid_for_aoi(aoi: AoiLike, resolution: float, *, epsg: int | None = None) ->
     bounds snapped outwards to whole pixels so grids of different runs align."""
     geom = parse_aoi(aoi)
     epsg = epsg or utm_epsg(geom)
-    t = pyproj.Transformer.from_crs(4326, epsg, always_xy=True)
-    xmin, ymin, xmax, ymax = shapely.ops.transform(t.transform, geom.segmentize(0.01)).bounds
+    xmin, ymin, xmax, ymax = reproject_geometry(geom.segmentize(0.01), 4326, epsg).bounds
     r = float(resolution)
     snapped = (
         math.floor(xmin / r) * r,
