@@ -1,0 +1,40 @@
+# eo-pipeline: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint format weights bench clean
+
+install: $(STAMP)
+
+# Re-install when the dependency declarations change. torch comes from constraints.txt
+# (2.13.0 resolves to a local CPU wheel; a newer one would pull several GB of CUDA packages).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/eo demo
+
+test: install lint
+	$(VENV)/bin/pytest
+
+test-all: install
+	$(VENV)/bin/pytest -m ''
+
+lint: install
+	$(VENV)/bin/ruff check flows tasks models tests benchmarks
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format flows tasks models tests benchmarks
+	$(VENV)/bin/ruff check --fix flows tasks models tests benchmarks
+
+bench: install
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .eo-cache demo-output

@@ -1,0 +1,170 @@
+"""The ``eo`` command line: archive, STAC API, discovery, demo.
+
+    eo archive create [DIR] [--tiny] [--seed N]   make a synthetic archive
+    eo stac serve DIR [--port P]                  serve it as a STAC API on 127.0.0.1
+    eo discover --aoi ... --start ... --end ...   list scenes from any STAC API
+    eo demo                                       the main job on the embedded default
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.errors import PipelineError
+from tasks.settings import get_settings
+
+app = typer.Typer(help="eo-pipeline: Sentinel-2 / Landsat change, urban footprint and urban dynamics.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+archive_app = typer.Typer(help="Synthetic archives (the embedded default data source).", no_args_is_help=True)
+stac_app = typer.Typer(help="The local STAC API.", no_args_is_help=True)
+app.add_typer(archive_app, name="archive")
+app.add_typer(stac_app, name="stac")
+
+console = Console()
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@archive_app.command("create")
+def archive_create(
+    root: Annotated[Path | None, typer.Argument(help="Folder to write; default EO_CACHE_DIR/archive-<seed>.")] = None,
+    seed: Annotated[int | None, typer.Option(help="World seed (default: the demo's).")] = None,
+    tiny: Annotated[bool, typer.Option(help="A tiny archive for tests (seconds).")] = False,
+    size_km: Annotated[float | None, typer.Option(help="Side of the simulated square (km).")] = None,
+    start_year: Annotated[int | None, typer.Option(help="First year of acquisitions.")] = None,
+    end_year: Annotated[int | None, typer.Option(help="Last year of acquisitions.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes writing scenes.")] = None,
+) -> None:
+    """Create (or reuse, if complete and identical) a synthetic archive."""
+    from tasks.synthetic import configure, create_archive
+
+    try:
+        config = configure(tiny=tiny, seed=seed, size_km=size_km, start_year=start_year, end_year=end_year)
+        root = root or get_settings().cache_dir / f"archive-{config.seed}{'-tiny' if tiny else ''}"
+        t0 = time.perf_counter()
+        info = create_archive(root, config, workers=workers)
+    except PipelineError as err:
+        _fail(err)
+        return
+    table = Table(title=f"archive {info.root}")
+    table.add_column("collection")
+    table.add_column("items", justify="right")
+    for coll, n in info.n_items.items():
+        table.add_row(coll, str(n))
+    console.print(table)
+    console.print(f"AOI bbox (EPSG:4326): {list(info.bbox)}   ready in {time.perf_counter() - t0:.1f} s")
+    console.print(f"serve it: [bold]eo stac serve {info.root}[/]")
+
+
+@stac_app.command("serve")
+def stac_serve(
+    root: Annotated[Path, typer.Argument(help="An archive folder made by `eo archive create`.")],
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+) -> None:
+    """Serve an archive as a STAC API on 127.0.0.1 until Ctrl-C."""
+    from tasks.stac_server import serve_stac
+    from tasks.synthetic import stac_files
+
+    try:
+        server = serve_stac(stac_files(root), port=port)
+    except PipelineError as err:
+        _fail(err)
+        return
+    console.print(f"STAC API at [bold]{server.url}[/]  (Ctrl-C to stop)")
+    console.print(f"  export EO_STAC_API_URL={server.url}")
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop and server.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    if not stop and not server.running and server.process.returncode not in (0, -15):
+        sys.exit(1)
+
+
+@app.command("discover")
+def discover_cmd(
+    aoi: Annotated[str, typer.Option(help="bbox 'west,south,east,north' or a GeoJSON geometry string.")],
+    start: Annotated[str, typer.Option(help="ISO start date.")],
+    end: Annotated[str, typer.Option(help="ISO end date (inclusive).")],
+    collections: Annotated[str, typer.Option(help="Comma-separated STAC collection ids.")] = "sentinel-2-l2a,landsat-c2-l2",
+    stac_url: Annotated[str | None, typer.Option(help="STAC API root (default EO_STAC_API_URL).")] = None,
+    max_cloud_cover: Annotated[float | None, typer.Option(help="Max eo:cloud_cover (%).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+) -> None:
+    """List the scenes that cover an AOI."""
+    from tasks.discover import discover
+
+    try:
+        scenes = discover(aoi, start, end, [c.strip() for c in collections.split(",") if c.strip()],
+                          stac_url=stac_url, max_cloud_cover=max_cloud_cover)
+    except PipelineError as err:
+        _fail(err)
+        return
+    if as_json:
+        for s in scenes:
+            print(json.dumps({"id": s.id, "collection": s.collection, "datetime": s.datetime.isoformat(),
+                              "platform": s.platform, "cloud_cover": s.cloud_cover}))
+        return
+    table = Table(title=f"{len(scenes)} scene(s)")
+    for col in ("datetime", "collection", "platform", "id", "cloud %"):
+        table.add_column(col)
+    for s in scenes:
+        cc = "" if s.cloud_cover is None else f"{s.cloud_cover:.1f}"
+        table.add_row(s.datetime.strftime("%Y-%m-%d %H:%M"), s.collection, s.platform, s.id, cc)
+    console.print(table)
+
+
+@app.command("demo")
+def demo_cmd(
+    start: Annotated[str | None, typer.Option(help="ISO start date (default: the archive's first year).")] = None,
+    end: Annotated[str | None, typer.Option(help="ISO end date (default: today).")] = None,
+) -> None:
+    """Run the main job on the embedded default: archive -> STAC API -> discover -> load -> summary."""
+    from flows.demo import DemoParams, demo
+
+    try:
+        demo(DemoParams(start=start, end=end))
+    except PipelineError as err:
+        _fail(err)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the software version."""
+    from importlib.metadata import version as v
+
+    print(v("eo-pipeline"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
