@@ -143,7 +143,10 @@ def discover(
     if not collections:
         raise InputError(f"collections: give at least one of {sorted(KNOWN_COLLECTIONS)}.")
     for c in collections:
-        collection_family(c)  # raises InputError naming the known collections
+        try:
+            collection_family(c)
+        except InputError as err:
+            raise InputError(f"collections: {err}") from None
     if max_cloud_cover is not None and not 0 <= max_cloud_cover <= 100:
         raise InputError(f"max_cloud_cover: {max_cloud_cover} is outside 0-100 (percent).")
     url = stac_url or settings.stac_api_url
