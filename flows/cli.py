@@ -1,9 +1,9 @@
 """The ``eo`` command line: archive, STAC API, discovery, demo.
 
-    eo archive create [DIR] [--tiny] [--seed N]   make a synthetic archive
-    eo stac serve DIR [--port P]                  serve it as a STAC API on 127.0.0.1
-    eo discover --aoi ... --start ... --end ...   list scenes from any STAC API
-    eo demo                                       the main job on the embedded default
+eo archive create [DIR] [--tiny] [--seed N]   make a synthetic archive
+eo stac serve DIR [--port P]                  serve it as a STAC API on 127.0.0.1
+eo discover --aoi ... --start ... --end ...   list scenes from any STAC API
+eo demo                                       the main job on the embedded default
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ from rich.table import Table
 from tasks.errors import PipelineError
 from tasks.settings import get_settings
 
-app = typer.Typer(help="eo-pipeline: Sentinel-2 / Landsat change, urban footprint and urban dynamics.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
-archive_app = typer.Typer(help="Synthetic archives (the embedded default data source).", no_args_is_help=True)
+app = typer.Typer(
+    help="eo-pipeline: Sentinel-2 / Landsat change, urban footprint and urban dynamics.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+archive_app = typer.Typer(
+    help="Synthetic archives (the embedded default data source).", no_args_is_help=True
+)
 stac_app = typer.Typer(help="The local STAC API.", no_args_is_help=True)
 app.add_typer(archive_app, name="archive")
 app.add_typer(stac_app, name="stac")
@@ -39,30 +44,82 @@ def _fail(err: Exception) -> None:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 
+def _year_range(text: str | None, option: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    first, _, last = text.partition("-")
+    try:
+        return (int(first), int(last or first))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give FIRST-LAST, e.g. 1985-2025", param_hint=option
+        ) from None
+
+
 @archive_app.command("create")
 def archive_create(
-    root: Annotated[Path | None, typer.Argument(help="Folder to write; default EO_CACHE_DIR/archive-<seed>.")] = None,
-    seed: Annotated[int | None, typer.Option(help="World seed (default: the demo's).")] = None,
-    tiny: Annotated[bool, typer.Option(help="A tiny archive for tests (seconds).")] = False,
-    size_km: Annotated[float | None, typer.Option(help="Side of the simulated square (km).")] = None,
-    start_year: Annotated[int | None, typer.Option(help="First year of acquisitions.")] = None,
-    end_year: Annotated[int | None, typer.Option(help="Last year of acquisitions.")] = None,
+    root: Annotated[
+        Path | None, typer.Argument(help="Folder to write; default EO_CACHE_DIR/archive-<hash>.")
+    ] = None,
+    tiny: Annotated[
+        bool, typer.Option(help="Start from the tiny test configuration (seconds).")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="World seed.")] = None,
+    size_m: Annotated[float | None, typer.Option(help="Side of the simulated square (m).")] = None,
+    center: Annotated[str | None, typer.Option(help="AOI centre 'lon,lat' (degrees).")] = None,
+    end_year: Annotated[int | None, typer.Option(help="Last simulated year.")] = None,
+    landsat_years: Annotated[str | None, typer.Option(help="Landsat years FIRST-LAST.")] = None,
+    sentinel2_years: Annotated[
+        str | None, typer.Option(help="Sentinel-2 years FIRST-LAST.")
+    ] = None,
+    months: Annotated[str | None, typer.Option(help="Months kept FIRST-LAST, e.g. 4-10.")] = None,
+    max_scenes_per_year: Annotated[
+        int | None, typer.Option(help="Most scenes per platform and year.")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Processes writing scenes.")] = None,
 ) -> None:
-    """Create (or reuse, if complete and identical) a synthetic archive."""
-    from tasks.synthetic import configure, create_archive
+    """Create (or reuse, if complete and identical) a synthetic archive.
 
+    Without options this is the demo archive (4 x 4 km, Landsat 1985-2025, Sentinel-2 2019-2025).
+    """
+    from pydantic import ValidationError
+
+    from tasks.synthetic import DEMO_CONFIG, ArchiveConfig, config_hash, create_archive, tiny_config
+
+    overrides: dict[str, object] = {
+        "seed": seed,
+        "size_m": size_m,
+        "end_year": end_year,
+        "landsat_years": _year_range(landsat_years, "--landsat-years"),
+        "sentinel2_years": _year_range(sentinel2_years, "--sentinel2-years"),
+        "months": _year_range(months, "--months"),
+        "max_scenes_per_year": max_scenes_per_year,
+    }
+    if center is not None:
+        lon, _, lat = center.partition(",")
+        try:
+            overrides.update(center_lon=float(lon), center_lat=float(lat))
+        except ValueError:
+            raise typer.BadParameter(f"{center!r}: give 'lon,lat'", param_hint="--center") from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    base = tiny_config() if tiny else DEMO_CONFIG
     try:
-        config = configure(tiny=tiny, seed=seed, size_km=size_km, start_year=start_year, end_year=end_year)
-        root = root or get_settings().cache_dir / f"archive-{config.seed}{'-tiny' if tiny else ''}"
-        t0 = time.perf_counter()
+        config = ArchiveConfig.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as err:
+        _fail(ValueError(str(err)))
+        return
+    root = root or get_settings().cache_dir / f"archive-{config_hash(config)}"
+    t0 = time.perf_counter()
+    try:
         info = create_archive(root, config, workers=workers)
     except PipelineError as err:
         _fail(err)
@@ -73,14 +130,18 @@ def archive_create(
     for coll, n in info.n_items.items():
         table.add_row(coll, str(n))
     console.print(table)
-    console.print(f"AOI bbox (EPSG:4326): {list(info.bbox)}   ready in {time.perf_counter() - t0:.1f} s")
+    console.print(
+        f"AOI bbox (EPSG:4326): {list(info.bbox)}   ready in {time.perf_counter() - t0:.1f} s"
+    )
     console.print(f"serve it: [bold]eo stac serve {info.root}[/]")
 
 
 @stac_app.command("serve")
 def stac_serve(
     root: Annotated[Path, typer.Argument(help="An archive folder made by `eo archive create`.")],
-    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")
+    ] = None,
 ) -> None:
     """Serve an archive as a STAC API on 127.0.0.1 until Ctrl-C."""
     from tasks.stac_server import serve_stac
@@ -113,27 +174,50 @@ def stac_serve(
 
 @app.command("discover")
 def discover_cmd(
-    aoi: Annotated[str, typer.Option(help="bbox 'west,south,east,north' or a GeoJSON geometry string.")],
+    aoi: Annotated[
+        str, typer.Option(help="bbox 'west,south,east,north' or a GeoJSON geometry string.")
+    ],
     start: Annotated[str, typer.Option(help="ISO start date.")],
     end: Annotated[str, typer.Option(help="ISO end date (inclusive).")],
-    collections: Annotated[str, typer.Option(help="Comma-separated STAC collection ids.")] = "sentinel-2-l2a,landsat-c2-l2",
-    stac_url: Annotated[str | None, typer.Option(help="STAC API root (default EO_STAC_API_URL).")] = None,
+    collections: Annotated[
+        str, typer.Option(help="Comma-separated STAC collection ids.")
+    ] = "sentinel-2-l2a,landsat-c2-l2",
+    stac_url: Annotated[
+        str | None, typer.Option(help="STAC API root (default EO_STAC_API_URL).")
+    ] = None,
     max_cloud_cover: Annotated[float | None, typer.Option(help="Max eo:cloud_cover (%).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON lines instead of a table.")
+    ] = False,
 ) -> None:
     """List the scenes that cover an AOI."""
     from tasks.discover import discover
 
     try:
-        scenes = discover(aoi, start, end, [c.strip() for c in collections.split(",") if c.strip()],
-                          stac_url=stac_url, max_cloud_cover=max_cloud_cover)
+        scenes = discover(
+            aoi,
+            start,
+            end,
+            [c.strip() for c in collections.split(",") if c.strip()],
+            stac_url=stac_url,
+            max_cloud_cover=max_cloud_cover,
+        )
     except PipelineError as err:
         _fail(err)
         return
     if as_json:
         for s in scenes:
-            print(json.dumps({"id": s.id, "collection": s.collection, "datetime": s.datetime.isoformat(),
-                              "platform": s.platform, "cloud_cover": s.cloud_cover}))
+            print(
+                json.dumps(
+                    {
+                        "id": s.id,
+                        "collection": s.collection,
+                        "datetime": s.datetime.isoformat(),
+                        "platform": s.platform,
+                        "cloud_cover": s.cloud_cover,
+                    }
+                )
+            )
         return
     table = Table(title=f"{len(scenes)} scene(s)")
     for col in ("datetime", "collection", "platform", "id", "cloud %"):
@@ -146,10 +230,12 @@ def discover_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    start: Annotated[str | None, typer.Option(help="ISO start date (default: the archive's first year).")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="ISO start date (default: the archive's first year).")
+    ] = None,
     end: Annotated[str | None, typer.Option(help="ISO end date (default: today).")] = None,
 ) -> None:
-    """Run the main job on the embedded default: archive -> STAC API -> discover -> load -> summary."""
+    """Run the main job on the embedded default: archive, STAC API, discover, load, summary."""
     from flows.demo import DemoParams, demo
 
     try:

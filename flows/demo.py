@@ -28,7 +28,9 @@ COLLECTIONS = ("landsat-c2-l2", "sentinel-2-l2a")
 class DemoParams(BaseModel):
     """Parameters of the demo run (all optional)."""
 
-    start: str | None = Field(default=None, description="ISO start date; default: the archive's first year.")
+    start: str | None = Field(
+        default=None, description="ISO start date; default: the archive's first year."
+    )
     end: str | None = Field(default=None, description="ISO end date; default: today.")
     archive_dir: str | None = Field(
         default=None, description="Archive folder; default EO_CACHE_DIR/archive-demo."
@@ -53,7 +55,8 @@ def ensure_archive(root: str) -> dict[str, Any]:
     from tasks.synthetic import DEMO_CONFIG, create_archive
 
     info = create_archive(Path(root), DEMO_CONFIG)
-    return {"root": str(info.root), "aoi": info.aoi, "first_year": DEMO_CONFIG.start.year}
+    years = DEMO_CONFIG.landsat_years or DEMO_CONFIG.sentinel2_years or (DEMO_CONFIG.end_year,) * 2
+    return {"root": str(info.root), "aoi": info.aoi, "first_year": years[0]}
 
 
 @task(name="summarise-stack", tags=["cpu"])

@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyproj
@@ -33,7 +33,7 @@ __all__ = [
     "utm_epsg",
 ]
 
-AoiLike = str | Sequence[float] | Mapping[str, Any] | BaseGeometry
+AoiLike: TypeAlias = str | Sequence[float] | Mapping[str, Any] | BaseGeometry
 
 #: Largest AOI accepted without an explicit override (km²). One Sentinel-2 tile is ~12 000 km².
 MAX_AOI_KM2 = 50_000.0
@@ -90,8 +90,7 @@ def _to_geometry(aoi: AoiLike, field: str) -> BaseGeometry:
                 parsed = [float(p) for p in parts]
             except ValueError:
                 raise InputError(
-                    f"{field}: {text[:80]!r} is neither GeoJSON nor a bbox "
-                    "'west,south,east,north'."
+                    f"{field}: {text[:80]!r} is neither GeoJSON nor a bbox 'west,south,east,north'."
                 ) from None
         return _to_geometry(parsed, field)
     if isinstance(aoi, Mapping):
@@ -104,7 +103,13 @@ def _to_geometry(aoi: AoiLike, field: str) -> BaseGeometry:
             return shapely.union_all([_to_geometry(f, field) for f in feats])
         try:
             return shape(aoi)
-        except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.GEOSException) as err:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            shapely.errors.GEOSException,
+        ) as err:
             raise InputError(f"{field}: not a GeoJSON geometry ({err}).") from err
     if isinstance(aoi, Sequence):
         if len(aoi) != 4:
@@ -145,7 +150,9 @@ def utm_epsg(geom: BaseGeometry) -> int:
         area_of_interest=AreaOfInterest(c.x, c.y, c.x, c.y),
     )
     if not infos:  # polar regions: UTM is undefined, UPS would be needed
-        raise InputError(f"aoi: no UTM zone covers ({c.x:.3f}, {c.y:.3f}); polar AOIs are unsupported.")
+        raise InputError(
+            f"aoi: no UTM zone covers ({c.x:.3f}, {c.y:.3f}); polar AOIs are unsupported."
+        )
     return int(infos[0].code)
 
 
@@ -183,7 +190,9 @@ class GridSpec:
 
     def to_geojson(self) -> dict[str, Any]:
         """The grid's footprint as a GeoJSON geometry in EPSG:4326."""
-        poly = reproject_geometry(box(*self.bounds).segmentize(self.resolution * 64), self.epsg, 4326)
+        poly = reproject_geometry(
+            box(*self.bounds).segmentize(self.resolution * 64), self.epsg, 4326
+        )
         return dict(mapping(poly))
 
 

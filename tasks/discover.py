@@ -43,7 +43,7 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
 def parse_time_range(start: DateLike, end: DateLike) -> tuple[datetime, datetime]:
-    """Parse ISO dates/datetimes into an inclusive UTC range; a date `end` means the end of that day.
+    """Parse ISO dates into an inclusive UTC range; a date `end` means the end of that day.
 
     Raises `InputError` naming `start`/`end` for unparsable or reversed dates.
     """
@@ -200,7 +200,10 @@ def discover(
     found = sorted(scenes.values(), key=lambda s: (s.datetime, s.collection, s.id))
     log.info(
         "discovered %d scene(s) in %s between %s and %s",
-        len(found), ",".join(collections), t0.date(), t1.date(),
+        len(found),
+        ",".join(collections),
+        t0.date(),
+        t1.date(),
     )
     return found
 
@@ -257,10 +260,9 @@ def _intersects(item: dict[str, Any], geom: Any) -> bool:
 
 # ---- Prefect tasks -------------------------------------------------------
 discover_scenes = task(
-    discover,
     name="discover",
     retries=2,
     retry_delay_seconds=[5, 30],
     retry_condition_fn=retry_transient_only,
     tags=["io", "stac"],
-)
+)(discover)

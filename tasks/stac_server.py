@@ -113,7 +113,7 @@ def serve_stac(
     port: int | None = None,
     startup_timeout: float = 60.0,
 ) -> StacServer:
-    """Start ``rustac serve FILES`` on `host`:`port` (a free port by default) and wait until it answers.
+    """Start ``rustac serve FILES`` on `host`:`port` (default: a free port); wait until it answers.
 
     `files` are Collection JSON files and Item / ItemCollection JSON or ndjson files.
     Raises `InputError` if a file is missing and `ServiceUnavailableError` if the server does not
@@ -129,11 +129,11 @@ def serve_stac(
     addr = f"{host}:{port}"
     cmd = [_rustac_executable(), "serve", "--addr", addr, *[str(p) for p in paths]]
     log.info("starting STAC API: rustac serve on %s over %d file(s)", addr, len(paths))
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+    proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for setsid + PDEATHSIG
+        preexec_fn=_die_with_parent,
     )
     _LIVE.add(proc)
     server = StacServer(url=f"http://{addr}", process=proc, files=paths)
@@ -151,7 +151,11 @@ def _wait_ready(server: StacServer, timeout: float) -> None:
     delay = 0.05
     while time.monotonic() < deadline:
         if not server.running:
-            err = server.process.stderr.read().decode(errors="replace") if server.process.stderr else ""
+            err = (
+                server.process.stderr.read().decode(errors="replace")
+                if server.process.stderr
+                else ""
+            )
             raise ServiceUnavailableError(
                 f"rustac serve exited with code {server.process.returncode} before answering: "
                 f"{err.strip()[-2000:]}"

@@ -19,7 +19,7 @@ from tasks.stac_server import StacServer, free_port, serve_stac
 from tests.conftest import realdata_path
 
 CASSETTES = ("_derived", "pystac-client-cassettes")
-# Earth Search v1: one Sentinel-2 (13TDE) and one Landsat-8 (033/032) scene over Colorado, 2023-10-08.
+# Earth Search v1: a Sentinel-2 (13TDE) and a Landsat-8 (033/032) scene over Colorado, 2023-10-08.
 ES_RESPONSE = "test_multiple_collections__00_FeatureCollection.json"
 # Planetary Computer: 33 Sentinel-2 scenes over Kamchatka, 2019-01-01 .. 2019-01-0x.
 PC_RESPONSE = "TestItemSearch.test_datetime_results__00_FeatureCollection.json"
@@ -34,7 +34,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StacServer]:
     pc = json.loads(realdata_path(*CASSETTES, PC_RESPONSE).read_text())
     folder = tmp_path_factory.mktemp("stac")
     path = folder / "items.json"
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": es["features"] + pc["features"]}))
+    path.write_text(
+        json.dumps({"type": "FeatureCollection", "features": es["features"] + pc["features"]})
+    )
     with serve_stac([path]) as server:
         yield server
 
@@ -57,9 +59,18 @@ def test_serve_stac_missing_file_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_discover_finds_both_collections_sorted(served: StacServer) -> None:
-    scenes = discover(COLORADO, "2023-10-01", "2023-10-31", ["sentinel-2-l2a", "landsat-c2-l2"],
-                      stac_url=served.url, settings=FAST)
-    assert [s.collection for s in scenes] == ["landsat-c2-l2", "sentinel-2-l2a"]  # 17:37 before 18:02
+    scenes = discover(
+        COLORADO,
+        "2023-10-01",
+        "2023-10-31",
+        ["sentinel-2-l2a", "landsat-c2-l2"],
+        stac_url=served.url,
+        settings=FAST,
+    )
+    assert [s.collection for s in scenes] == [
+        "landsat-c2-l2",
+        "sentinel-2-l2a",
+    ]  # 17:37 before 18:02
     assert scenes[0].platform == "landsat-8" and scenes[1].platform == "sentinel-2a"
     assert scenes[0].datetime < scenes[1].datetime
     assert scenes[1].item["assets"]["red"]["href"].endswith("B04.tif")
@@ -67,26 +78,61 @@ def test_discover_finds_both_collections_sorted(served: StacServer) -> None:
 
 def test_discover_filters_cloud_cover_client_side(served: StacServer) -> None:
     # rustac does not conform to the query extension: the filter runs client-side
-    all_scenes = discover(KAMCHATKA, "2019-01-01", "2019-01-31", ["sentinel-2-l2a"],
-                          stac_url=served.url, settings=FAST)
-    clear = discover(KAMCHATKA, "2019-01-01", "2019-01-31", ["sentinel-2-l2a"],
-                     stac_url=served.url, max_cloud_cover=50, settings=FAST)
+    all_scenes = discover(
+        KAMCHATKA,
+        "2019-01-01",
+        "2019-01-31",
+        ["sentinel-2-l2a"],
+        stac_url=served.url,
+        settings=FAST,
+    )
+    clear = discover(
+        KAMCHATKA,
+        "2019-01-01",
+        "2019-01-31",
+        ["sentinel-2-l2a"],
+        stac_url=served.url,
+        max_cloud_cover=50,
+        settings=FAST,
+    )
     assert 0 < len(clear) < len(all_scenes)
     assert all(s.cloud_cover is not None and s.cloud_cover <= 50 for s in clear)
 
 
 def test_discover_follows_paging(served: StacServer) -> None:
-    one_page = discover(KAMCHATKA, "2019-01-01", "2019-01-31", ["sentinel-2-l2a"],
-                        stac_url=served.url, settings=FAST)
-    paged = discover(KAMCHATKA, "2019-01-01", "2019-01-31", ["sentinel-2-l2a"],
-                     stac_url=served.url, page_size=4, settings=FAST)
+    one_page = discover(
+        KAMCHATKA,
+        "2019-01-01",
+        "2019-01-31",
+        ["sentinel-2-l2a"],
+        stac_url=served.url,
+        settings=FAST,
+    )
+    paged = discover(
+        KAMCHATKA,
+        "2019-01-01",
+        "2019-01-31",
+        ["sentinel-2-l2a"],
+        stac_url=served.url,
+        page_size=4,
+        settings=FAST,
+    )
     assert len(one_page) == 10  # three pages of 4
     assert [s.id for s in paged] == [s.id for s in one_page]
 
 
 def test_discover_time_range_excludes_other_dates(served: StacServer) -> None:
-    assert discover(COLORADO, "2023-10-09", "2023-12-31", ["landsat-c2-l2"],
-                    stac_url=served.url, settings=FAST) == []
+    assert (
+        discover(
+            COLORADO,
+            "2023-10-09",
+            "2023-12-31",
+            ["landsat-c2-l2"],
+            stac_url=served.url,
+            settings=FAST,
+        )
+        == []
+    )
 
 
 def test_discover_unknown_collection_names_the_known_ones(served: StacServer) -> None:
@@ -97,8 +143,14 @@ def test_discover_unknown_collection_names_the_known_ones(served: StacServer) ->
 
 def test_discover_collection_not_served_names_what_is(served: StacServer) -> None:
     with pytest.raises(InputError, match="not served") as err:
-        discover(COLORADO, "2023-10-01", "2023-10-31", ["sentinel-s2-l2a-cogs"],
-                 stac_url=served.url, settings=FAST)
+        discover(
+            COLORADO,
+            "2023-10-01",
+            "2023-10-31",
+            ["sentinel-s2-l2a-cogs"],
+            stac_url=served.url,
+            settings=FAST,
+        )
     assert "landsat-c2-l2" in str(err.value)
 
 
@@ -120,8 +172,14 @@ def test_discover_bad_input_names_what_to_change(
 def test_discover_unreachable_url_names_the_endpoint() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServiceUnavailableError) as err:
-        discover(COLORADO, "2023-10-01", "2023-10-31", ["landsat-c2-l2"], stac_url=url,
-                 settings=Settings(stac_max_retries=1, stac_timeout_s=2))
+        discover(
+            COLORADO,
+            "2023-10-01",
+            "2023-10-31",
+            ["landsat-c2-l2"],
+            stac_url=url,
+            settings=Settings(stac_max_retries=1, stac_timeout_s=2),
+        )
     assert url in str(err.value) and "EO_STAC_API_URL" in str(err.value)
 
 
@@ -149,8 +207,12 @@ class _FlakyProxy(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        r = httpx.request(self.command, self.upstream + self.path, content=body,
-                          headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+        r = httpx.request(
+            self.command,
+            self.upstream + self.path,
+            content=body,
+            headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+        )
         # rewrite the upstream's absolute links so paging comes back through the proxy
         port = self.server.server_address[1]
         data = r.content.replace(self.upstream.encode(), f"http://127.0.0.1:{port}".encode())
@@ -172,8 +234,14 @@ def test_discover_retries_transient_5xx(served: StacServer) -> None:
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{proxy.server_address[1]}"
-        scenes = discover(COLORADO, "2023-10-01", "2023-10-31", ["landsat-c2-l2"], stac_url=url,
-                          settings=Settings(stac_max_retries=3, stac_timeout_s=5))
+        scenes = discover(
+            COLORADO,
+            "2023-10-01",
+            "2023-10-31",
+            ["landsat-c2-l2"],
+            stac_url=url,
+            settings=Settings(stac_max_retries=3, stac_timeout_s=5),
+        )
         assert [s.platform for s in scenes] == ["landsat-8"]
         assert handler.seen > 2  # the two 503s were retried
     finally:

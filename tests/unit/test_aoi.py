@@ -15,8 +15,14 @@ BBOX = (11.95, 51.33, 12.01, 51.37)
 
 @pytest.mark.parametrize(
     "aoi",
-    [BBOX, list(BBOX), "11.95,51.33,12.01,51.37", mapping(box(*BBOX)), json.dumps(mapping(box(*BBOX))),
-     {"type": "Feature", "properties": {}, "geometry": mapping(box(*BBOX))}],
+    [
+        BBOX,
+        list(BBOX),
+        "11.95,51.33,12.01,51.37",
+        mapping(box(*BBOX)),
+        json.dumps(mapping(box(*BBOX))),
+        {"type": "Feature", "properties": {}, "geometry": mapping(box(*BBOX))},
+    ],
 )
 def test_parse_aoi_accepts_bbox_geojson_and_strings(aoi: object) -> None:
     geom = parse_aoi(aoi)  # type: ignore[arg-type]
