@@ -18,6 +18,12 @@ values. Output conventions:
   reprojected on the fly.
 - Lazy: dask chunks of one scene x one band x at most ``chunksize``² pixels, so memory stays
   bounded whatever the AOI size; nothing is read until computed.
+- One time slice per acquisition (``mosaic=True``): the same acquisition is published as several
+  items where tiles overlap (Sentinel-2 MGRS tiles of two UTM zones, adjacent Landsat rows). Items
+  of one platform less than `SAME_ACQUISITION_S` apart are merged, first valid pixel wins, the
+  item already in the grid's CRS first (no resampling where avoidable). ``id`` is that item's id;
+  ``source_ids`` lists every merged item (provenance). Without merging, an acquisition would count
+  twice in valid-observation counts and composites.
 
 Resampling: mask codes are always resampled with ``nearest`` (interpolating class codes or bit
 fields invents codes that mean something else). Reflectance uses ``resampling`` (default nearest:
@@ -33,6 +39,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
+import dask.array
 import numpy as np
 import pandas as pd
 import stackstac
@@ -54,7 +61,10 @@ from tasks.sensors import (
     resolve_item,
 )
 
-__all__ = ["MAX_RESOLUTION_M", "MIN_RESOLUTION_M", "default_grid", "load"]
+__all__ = ["MAX_RESOLUTION_M", "MIN_RESOLUTION_M", "SAME_ACQUISITION_S", "default_grid", "load"]
+
+#: Items of one platform closer in time than this are one acquisition (tiles of one datatake).
+SAME_ACQUISITION_S = 60.0
 
 #: Accepted grid resolutions (metres). Below 1 m nothing in these archives has detail (Sentinel-2's
 #: finest band is 10 m); above 1 km the stack is no longer an analysis-ready view of 10-30 m data.
@@ -72,6 +82,7 @@ def load(
     with_mask: bool = True,
     chunksize: int = 1024,
     resampling: Resampling | str = Resampling.nearest,
+    mosaic: bool = True,
 ) -> xr.DataArray:
     """Stack `scenes` on `grid` as a lazy float32 DataArray (time, band, y, x).
 
@@ -88,6 +99,7 @@ def load(
     chunksize: spatial chunk edge in pixels (memory per chunk = 4 * chunksize² bytes).
     resampling: reflectance resampling (`rasterio.enums.Resampling` or its name); masks always
         use nearest.
+    mosaic: merge the items of one acquisition into one time slice (see the module docstring).
 
     Raises `InputError` naming the argument for no scenes, unknown or unavailable bands, a
     non-UTM grid or an out-of-range resolution, and for items of unsupported collections.
@@ -139,6 +151,9 @@ def load(
         "eo:cloud_cover": ("time", np.asarray(cloud, dtype="float64")),
     }
     out = out.assign_coords(coords)
+    out = out.assign_coords(source_ids=("time", [s.id for s in ordered]))
+    if mosaic:
+        out = _mosaic_acquisitions(out, ordered, resolved, grid.epsg)
     out.name = "reflectance"
     out.attrs = {
         "crs": grid.crs,
@@ -149,6 +164,41 @@ def load(
         "mask_bands": tuple(mask_names),
     }
     return out
+
+
+def _mosaic_acquisitions(
+    stack: xr.DataArray, scenes: list[SceneRef], resolved: list[ResolvedItem], epsg: int
+) -> xr.DataArray:
+    """Merge time slices of one acquisition (same platform, < SAME_ACQUISITION_S apart)."""
+    groups: list[list[int]] = []
+    for i, scene in enumerate(scenes):
+        last = groups[-1][0] if groups else None
+        if (
+            last is not None
+            and stack["platform"].values[last] == stack["platform"].values[i]
+            and abs((_utc(scene.datetime) - _utc(scenes[last].datetime)).total_seconds())
+            < SAME_ACQUISITION_S
+        ):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    if all(len(g) == 1 for g in groups):
+        return stack
+    slices = []
+    for group in groups:
+        # the item already in the grid's CRS first: its pixels were not resampled
+        group = sorted(group, key=lambda i: resolved[i].epsg != epsg)
+        primary = stack.isel(time=group[0])
+        data = primary.data
+        for i in group[1:]:
+            other = stack.isel(time=i).data
+            data = dask.array.where(dask.array.isnan(data), other, data)
+        merged = primary.copy(data=data).assign_coords(
+            source_ids=",".join(scenes[i].id for i in group)
+        )
+        slices.append(merged)
+    per_time = [str(c) for c in stack.coords if stack[c].dims == ("time",) and c != "time"]
+    return xr.concat(slices, dim="time", coords=per_time, compat="equals", join="exact")
 
 
 def default_grid(aoi: AoiLike, collections: Sequence[str]) -> GridSpec:

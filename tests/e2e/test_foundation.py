@@ -144,18 +144,41 @@ def test_mixed_stack_on_the_aoi_grid_is_lazy_and_reprojects_other_zones(
 ) -> None:
     grid = default_grid(tiny_archive.aoi, COLLECTIONS)
     assert grid.epsg == tiny_archive.epsg == 32632 and grid.resolution == 10
-    stack = load(scenes, grid, bands=["red", "nir", "swir16"])
-    assert stack.dims == ("time", "band", "y", "x")
-    assert stack.shape[0] == len(scenes) and stack.shape[2:] == grid.shape
-    assert stack.chunks is not None  # dask-backed: nothing read yet
     zone33 = [
-        i
-        for i, s in enumerate(scenes)
-        if tiny_truth.scenes[s.id].epsg == 32633 and tiny_truth.scenes[s.id].valid_fraction == 1
+        s
+        for s in scenes
+        if tiny_truth.scenes[s.id].epsg == 32633
+        and tiny_truth.scenes[s.id].valid_fraction == 1
+        and s.sensor == "sentinel-2"
     ]
     assert zone33, "the tiny archive should hold full scenes in the neighbouring zone (32633)"
+    stack = load(zone33, grid, bands=["red", "nir", "swir16"])
+    assert stack.dims == ("time", "band", "y", "x")
+    assert stack.shape[2:] == grid.shape
+    assert stack.chunks is not None  # dask-backed: nothing read yet
     with dask.config.set(scheduler="threads"):
-        red = stack.sel(band="red").isel(time=zone33).values
+        red = stack.sel(band="red").values
     # reprojected from EPSG:32633 onto the zone-32 grid: data everywhere, plausible reflectance
     assert np.isfinite(red).mean() > 0.99
     assert 0.01 < float(np.nanmedian(red)) < 0.5
+
+
+def test_one_time_slice_per_acquisition(scenes: list[SceneRef]) -> None:
+    """Sentinel-2 acquisitions are published once per MGRS tile (32UQB and 33UTS here): the
+    stack merges them, preferring the tile in the grid's zone, and keeps both ids."""
+    s2 = [s for s in scenes if s.sensor == "sentinel-2"]
+    grid = native_grid(s2[0].item, "red")
+    merged = load(s2, grid, bands=["red"], with_mask=False)
+    separate = load(s2, grid, bands=["red"], with_mask=False, mosaic=False)
+    acquisitions = {(s.platform, s.datetime) for s in s2}
+    assert separate.sizes["time"] == len(s2) > merged.sizes["time"] == len(acquisitions)
+    for sid, sources in zip(merged["id"].values, merged["source_ids"].values, strict=True):
+        assert "_32U" in sid and sid in sources and "_33U" in sources
+    with dask.config.set(scheduler="threads"):
+        m = merged.sel(band="red").values
+        sep = separate.sel(band="red").values
+    primary = [list(separate["id"].values).index(i) for i in merged["id"].values]
+    # where the zone-32 item has data its exact values are kept; gaps are filled from zone 33
+    p = sep[primary]
+    np.testing.assert_array_equal(m[np.isfinite(p)], p[np.isfinite(p)])
+    assert np.isfinite(m).sum() >= np.isfinite(p).sum()
