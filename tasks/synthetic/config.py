@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: Bump whenever a change to the simulator changes what a given configuration writes.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 #: First year the simulated surface exists (Landsat 5 TM's first full year of acquisitions).
 WORLD_START_YEAR = 1984

@@ -14,6 +14,10 @@ Green vegetation is scaled to canopy level (NIR plateau ~0.45); water to inland 
 reflectance as Level-2 products report it. Band values are integrals with a Gaussian relative
 spectral response (centre, FWHM) from `tasks.synthetic.bands.RESPONSE`.
 
+TM and ETM+ differ from OLI by more than their bandpasses (calibration, atmospheric correction):
+their band values follow the published ETM+ -> OLI relationship of Roy et al. 2016 (see
+`_ROY2016_ETM_TO_OLI`), as real Collection 2 products do on average.
+
 Phenology is a double logistic of day of year (Zhang et al. 2003, Remote Sens. Environ. 84;
 Beck et al. 2006, Remote Sens. Environ. 100) for the green cover fraction.
 """
@@ -116,11 +120,42 @@ def _band_value(spectrum: NDArray[np.float64], center_nm: float, fwhm_nm: float)
     return float(np.sum(weight * spectrum) / np.sum(weight))
 
 
+#: Roy et al. 2016 (Remote Sens. Environ. 185:57-70), Table 2, OLS fit ``OLI = a + b * ETM+`` per
+#: band over 59 million pixel pairs, (b, a) by asset. The simulator inverts it to make TM/ETM+
+#: reflectance from the OLI-band reflectance of the same surface. It is deliberately a copy, not
+#: an import of `tasks.harmonize`: the archive is the truth the pipeline is checked against, so a
+#: wrong digit in the pipeline's table must show up as a test failure, not cancel out.
+_ROY2016_ETM_TO_OLI: dict[str, tuple[float, float]] = {
+    "blue": (0.8474, 0.0003),
+    "green": (0.8483, 0.0088),
+    "red": (0.9047, 0.0061),
+    "nir08": (0.8462, 0.0412),
+    "swir16": (0.8937, 0.0254),
+    "swir22": (0.9071, 0.0172),
+}
+
+
 @cache
 def band_table(platform: Platform) -> NDArray[np.float32]:
     """Endmember reflectance per band: shape (len(Endmember), n_bands), band order as
-    `reflectance_assets(platform)`, unitless surface reflectance. Read-only (cached)."""
+    `reflectance_assets(platform)`, unitless surface reflectance. Read-only (cached).
+
+    OLI and MSI: the endmember spectra integrated over the band responses. TM and ETM+: the OLI
+    values through the inverse of Roy et al. 2016's ETM+ -> OLI fit. Surfaces are linear
+    mixtures of endmembers with fractions summing to one, so the affine relation holds for
+    every mixture too.
+    """
     assets = [a.asset for a in reflectance_assets(platform)]
+    if platform in ("landsat-5", "landsat-7"):
+        oli_assets = [a.asset for a in reflectance_assets("landsat-8")]
+        oli = band_table("landsat-8")
+        table = np.empty((len(Endmember), len(assets)), dtype=np.float32)
+        for j, asset in enumerate(assets):
+            slope, intercept = _ROY2016_ETM_TO_OLI[asset]
+            table[:, j] = (oli[:, oli_assets.index(asset)] - intercept) / slope
+        table = np.clip(table, 0.0, None)  # dark water in the blue: no negative reflectance
+        table.flags.writeable = False
+        return table
     response = RESPONSE[platform]
     table = np.empty((len(Endmember), len(assets)), dtype=np.float32)
     for member in Endmember:
