@@ -89,7 +89,7 @@ def archive_create(
 ) -> None:
     """Create (or reuse, if complete and identical) a synthetic archive.
 
-    Without options this is the demo archive (4 x 4 km, Landsat 1985-2025, Sentinel-2 2019-2025).
+    Without options this is the demo archive (4 x 4 km, Landsat 1985-2026, Sentinel-2 2019-2026).
     """
     from pydantic import ValidationError
 

@@ -51,12 +51,12 @@ class ArchiveConfig(BaseModel):
         default=51.35, ge=-80, le=84, description="AOI centre, degrees N (UTM range)."
     )
     size_m: float = Field(default=4000.0, ge=600, le=20_000, description="AOI side length (m).")
-    end_year: int = Field(default=2025, ge=WORLD_START_YEAR + 1, description="Last simulated year.")
+    end_year: int = Field(default=2026, ge=WORLD_START_YEAR + 1, description="Last simulated year.")
     landsat_years: tuple[int, int] | None = Field(
-        default=(1985, 2025), description="Inclusive years with Landsat scenes; None for none."
+        default=(1985, 2026), description="Inclusive years with Landsat scenes; None for none."
     )
     sentinel2_years: tuple[int, int] | None = Field(
-        default=(2019, 2025), description="Inclusive years with Sentinel-2 scenes; None for none."
+        default=(2019, 2026), description="Inclusive years with Sentinel-2 scenes; None for none."
     )
     platforms: tuple[Platform, ...] = Field(
         default=LANDSAT_PLATFORMS + SENTINEL2_PLATFORMS, description="Platforms to simulate."
@@ -126,8 +126,8 @@ def config_hash(config: ArchiveConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-#: The demo: a 4 x 4 km AOI across the UTM 32/33 boundary, Landsat 1985-2025 and Sentinel-2
-#: 2019-2025, growing season only, a few acquisitions per platform and year.
+#: The demo: a 4 x 4 km AOI across the UTM 32/33 boundary, Landsat 1985-2026 and Sentinel-2
+#: 2019-2026, growing season only, a few acquisitions per platform and year.
 DEMO_CONFIG = ArchiveConfig(months=(4, 10), max_scenes_per_year=3)
 
 

@@ -38,7 +38,7 @@ def test_config_rejects_bad_values_naming_the_field(
 
 def test_presets_describe_the_demo_and_the_test_archive() -> None:
     assert DEMO_CONFIG.size_m == 4000 and DEMO_CONFIG.max_scenes_per_year == 3
-    assert DEMO_CONFIG.platform_years("landsat-5") == (1985, 2025)
+    assert DEMO_CONFIG.platform_years("landsat-5") == (1985, 2026)
     tiny = tiny_config(seed=5)
     assert tiny.seed == 5 and tiny.size_m == 1500
     assert tiny.platform_years("sentinel-2a") == (2023, 2023)
