@@ -20,11 +20,17 @@ class PipelineError(Exception):
 
 
 class InputError(PipelineError, ValueError):
-    """Bad input from the caller (AOI, dates, collection, parameters). The message says what to change."""
+    """Bad input from the caller (AOI, dates, collection, parameters).
+
+    The message says what to change.
+    """
 
 
 class SceneRejectedError(PipelineError, ValueError):
-    """A scene that cannot be used (corrupt, no valid pixels). Skip it with its reason; never retry."""
+    """A scene that cannot be used (corrupt, no valid pixels).
+
+    Skip it with its reason; never retry.
+    """
 
 
 class TransientIOError(PipelineError, OSError):

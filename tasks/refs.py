@@ -1,4 +1,7 @@
-"""Small references that travel between tasks instead of arrays (cheap to hash, readable in the UI)."""
+"""Small references that travel between tasks instead of arrays.
+
+Cheap to hash (Prefect cache keys) and readable in the UI.
+"""
 
 from __future__ import annotations
 

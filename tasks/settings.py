@@ -23,7 +23,7 @@ __all__ = ["Settings", "get_settings"]
 
 
 class Settings(BaseSettings):
-    """Settings of one pipeline process. Construct directly in tests; use `get_settings()` elsewhere."""
+    """Settings of one process. Construct directly in tests; use `get_settings()` elsewhere."""
 
     model_config = SettingsConfigDict(env_prefix="EO_", env_file=".env", extra="ignore")
 
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     )
     dask_address: str | None = Field(
         default=None,
-        description="Address of an existing Dask scheduler (tcp://host:8786); unset runs in-process.",
+        description="Address of a Dask scheduler (tcp://host:8786); unset runs in-process.",
     )
     s3_endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint URL (MinIO, moto); unset means AWS S3."

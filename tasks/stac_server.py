@@ -21,11 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -75,6 +77,8 @@ class StacServer:
     url: str
     process: subprocess.Popen[bytes]
     files: tuple[Path, ...] = field(default=())
+    # the server's stderr goes to a file, not a pipe: a pipe nobody reads fills up and blocks it
+    log: Any = field(default=None, repr=False)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after `timeout` seconds)."""
@@ -89,6 +93,15 @@ class StacServer:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=timeout)
         _LIVE.discard(proc)
+        if self.log is not None:
+            self.log.close()
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        """The last `n` characters the server wrote to stderr."""
+        if self.log is None or self.log.closed:
+            return ""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace").strip()[-n:]
 
     @property
     def running(self) -> bool:
@@ -129,14 +142,15 @@ def serve_stac(
     addr = f"{host}:{port}"
     cmd = [_rustac_executable(), "serve", "--addr", addr, *[str(p) for p in paths]]
     log.info("starting STAC API: rustac serve on %s over %d file(s)", addr, len(paths))
+    log_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; closed in stop()
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_file,
         preexec_fn=_die_with_parent,
     )
     _LIVE.add(proc)
-    server = StacServer(url=f"http://{addr}", process=proc, files=paths)
+    server = StacServer(url=f"http://{addr}", process=proc, files=paths, log=log_file)
     try:
         _wait_ready(server, startup_timeout)
     except BaseException:
@@ -151,14 +165,9 @@ def _wait_ready(server: StacServer, timeout: float) -> None:
     delay = 0.05
     while time.monotonic() < deadline:
         if not server.running:
-            err = (
-                server.process.stderr.read().decode(errors="replace")
-                if server.process.stderr
-                else ""
-            )
             raise ServiceUnavailableError(
                 f"rustac serve exited with code {server.process.returncode} before answering: "
-                f"{err.strip()[-2000:]}"
+                f"{server.stderr_tail()}"
             )
         try:
             r = httpx.get(f"{server.url}/collections", timeout=2.0)

@@ -246,3 +246,11 @@ def test_discover_retries_transient_5xx(served: StacServer) -> None:
         assert handler.seen > 2  # the two 503s were retried
     finally:
         proxy.shutdown()
+        proxy.server_close()
+
+
+def test_serve_stac_reports_why_the_server_failed(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.json"
+    bad.write_text("{ this is not json")
+    with pytest.raises(ServiceUnavailableError, match="exited with code"):
+        serve_stac([bad], startup_timeout=20)
