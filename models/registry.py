@@ -35,6 +35,7 @@ from models.errors import BandMismatchError, WeightsIntegrityError, WeightsNotFo
 from models.spec import WeightsSpec, software_version
 from models.unet import UNet
 from tasks.errors import InputError
+from tasks.settings import get_settings
 
 __all__ = [
     "ARCHITECTURES",
@@ -70,6 +71,9 @@ def file_sha256(path: Path) -> str:
 
 
 def _dirs(extra_dir: Path | str | None) -> list[Path]:
+    """Folders searched, first match first: `extra_dir` (or EO_WEIGHTS_DIR), then shipped."""
+    if extra_dir is None:
+        extra_dir = get_settings().weights_dir
     return ([Path(extra_dir)] if extra_dir is not None else []) + [SHIPPED_DIR]
 
 

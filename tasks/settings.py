@@ -8,6 +8,7 @@
 | ``EO_DEVICE``       | ``auto`` (CUDA when present), ``cpu`` or ``cuda``                  |
 | ``EO_DASK_ADDRESS`` | address of an existing Dask scheduler; unset = in-process          |
 | ``EO_S3_ENDPOINT_URL`` | S3-compatible endpoint (MinIO, moto); unset = AWS               |
+| ``EO_WEIGHTS_DIR``  | trained weights searched before the shipped ``models/weights/``   |
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(
         default=None,
         description="Address of a Dask scheduler (tcp://host:8786); unset runs in-process.",
+    )
+    weights_dir: Path | None = Field(
+        default=None,
+        description="Folder of trained weights (spec JSON + file), searched before the shipped.",
     )
     s3_endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint URL (MinIO, moto); unset means AWS S3."
