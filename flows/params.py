@@ -134,7 +134,7 @@ class ChangeDetectionParams(_FlowParams):
     before: DateRange = Field(description="The reference period.")
     after: DateRange = Field(description="The period compared with it.")
     model: str = Field(
-        default="change-fcsiamdiff",
+        default="change-fcsiamdiff-30m",
         description="Weights name from the registry, or 'baseline' (change vector analysis).",
     )
     threshold: float = Field(
@@ -159,7 +159,7 @@ class UrbanFootprintParams(_FlowParams):
         default=None, description="An explicit period instead of a year."
     )
     model: str = Field(
-        default="footprint-unet",
+        default="footprint-unet-s2-10m",
         description="Weights name from the registry, or 'baseline' (built-up index rule).",
     )
     threshold: float = Field(default=0.5, gt=0, lt=1, description="Built-up probability threshold.")
@@ -181,7 +181,7 @@ class UrbanDynamicsParams(_FlowParams):
         default_factory=lambda: datetime.now(UTC).year, description="Last year (default: now)."
     )
     model: str = Field(
-        default="dynamics-gru",
+        default="dynamics-pixelgru-30m",
         description="Weights name from the registry, or 'baseline' (index breakpoint).",
     )
     collections: list[str] = Field(default=["landsat-c2-l2"], description="STAC collections.")
