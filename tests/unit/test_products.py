@@ -1,0 +1,123 @@
+"""Product maps from composites on disk: baselines and a registry model, one output shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from models.registry import save_weights
+from models.unet import UNet
+from tasks.aoi import GridSpec
+from tasks.ard import CompositeRef, write_composites
+from tasks.errors import InputError
+from tasks.products import change_map, dynamics_map, footprint_map
+from tasks.settings import get_settings
+from tests.unit.models.factories import BANDS, CONCRETE, VEGETATION, make_spec
+
+GRID = GridSpec(
+    epsg=32633, resolution=30.0, bounds=(500_000.0, 5_198_800.0, 501_200.0, 5_200_000.0)
+)
+BLOCK = (slice(10, 20), slice(15, 30))  # rows, cols that turn into concrete
+
+
+def _write(folder: Path, layers: dict[str, np.ndarray], counts: dict[str, int]) -> CompositeRef:
+    labels = list(layers)
+    rows, cols = GRID.shape
+    refl = np.stack([layers[k] for k in labels]).astype("float32")
+    count = np.stack([np.full((rows, cols), counts[k], "int16") for k in labels])
+    starts = [pd.Timestamp(f"{2000 + i}-01-01") for i in range(len(labels))]
+    ds = xr.Dataset(
+        {
+            "reflectance": (("period", "band", "y", "x"), refl),
+            "count": (("period", "y", "x"), count),
+        },
+        coords={
+            "period": labels,
+            "band": list(BANDS),
+            "start": ("period", starts),
+            "end": ("period", starts),
+        },
+    )
+    return write_composites(ds, GRID, folder, {"scene_ids": ["a", "b"]})
+
+
+def _surface(changed: bool) -> np.ndarray:
+    rows, cols = GRID.shape
+    rng = np.random.default_rng(int(changed))
+    img = np.broadcast_to(np.array(VEGETATION)[:, None, None], (6, rows, cols)).copy()
+    if changed:
+        img[:, BLOCK[0], BLOCK[1]] = np.array(CONCRETE)[:, None, None]
+    return img + rng.normal(0, 0.005, img.shape)
+
+
+@pytest.fixture()
+def pair(tmp_path: Path) -> CompositeRef:
+    return _write(
+        tmp_path / "pair",
+        {"before": _surface(False), "after": _surface(True)},
+        {"before": 3, "after": 5},
+    )
+
+
+def test_change_baseline_finds_the_new_block(pair: CompositeRef) -> None:
+    ds = change_map(pair)
+    assert set(ds.data_vars) == {"probability", "change", "confidence", "count"}
+    truth = np.zeros(GRID.shape, bool)
+    truth[BLOCK] = True
+    assert (ds["change"].values.astype(bool) == truth).mean() > 0.99
+    assert float(ds["confidence"].min()) >= 0.5
+    assert int(ds["count"].max()) == 3  # the smaller of the two dates
+    assert ds.attrs["method"] == "cva-otsu"
+
+
+def test_footprint_baseline_flags_concrete(pair: CompositeRef) -> None:
+    ds = footprint_map(pair, "after")
+    built = ds["built"].values.astype(bool)
+    assert (
+        built[BLOCK].mean() > 0.95
+        and built[~np.pad(np.ones((10, 15), bool), ((10, 20), (15, 10)))].mean() < 0.05
+    )
+
+
+def test_dynamics_baseline_finds_the_year(tmp_path: Path) -> None:
+    layers = {str(2000 + i): _surface(i >= 5) for i in range(10)}
+    ref = _write(tmp_path / "annual", layers, dict.fromkeys(layers, 2))
+    ds = dynamics_map(ref)
+    years = ds["year"].values
+    assert np.nanmedian(years[BLOCK]) == 2005
+    assert np.isnan(years[0, 0])  # never urbanized
+    assert int(ds["count"].max()) == 10
+
+
+def test_thresholds_out_of_range_are_refused(pair: CompositeRef) -> None:
+    with pytest.raises(InputError, match="threshold"):
+        change_map(pair, threshold=1.0)
+
+
+def test_footprint_with_a_registry_model(
+    pair: CompositeRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    net = UNet(9, base_width=4, depth=2)
+    spec = make_spec(
+        "footprint",
+        "unet",
+        name="footprint-test",
+        **{k: v for k, v in net.config.items() if k != "in_channels"},
+    )
+    save_weights(net, spec, tmp_path / "weights")
+    monkeypatch.setenv("EO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    get_settings.cache_clear()
+    try:
+        ds = footprint_map(pair, "after", model="footprint-test", device="cpu")
+    finally:
+        get_settings.cache_clear()
+    p = ds["probability"].values
+    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    assert (ds["built"].values == (p >= 0.5)).all()
+    assert ds.attrs["weights_sha256"] and float(ds["confidence"].min()) >= 0.5
