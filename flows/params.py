@@ -101,6 +101,9 @@ class _FlowParams(BaseModel):
         description="Where products are published (local path or s3://bucket/prefix); "
         "default EO_OUTPUT_URL.",
     )
+    stac_api_url: str | None = Field(
+        default=None, description="STAC API to search; default EO_STAC_API_URL."
+    )
     max_cloud_cover: float = Field(
         default=80.0, ge=0, le=100, description="Skip scenes with more cloud cover (%)."
     )

@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PeriodArg = Literal["year", "season", "month"] | dict[str, DateRange]
+PeriodArg = Literal["year", "season", "month"] | Mapping[str, DateRange]
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ Every product is an ``xr.Dataset`` on the composites' grid with the bands that g
 
 | product   | variables                                                                  |
 |-----------|----------------------------------------------------------------------------|
-| change    | ``probability`` (P(change)), ``change`` (0/1), ``confidence``, ``count``   |
-| footprint | ``probability`` (P(built-up)), ``built`` (0/1), ``confidence``, ``count``  |
-| dynamics  | ``year`` (year of urbanization, NaN = none), ``confidence``, ``count``     |
+| change    | ``probability`` (P(change)), ``binary`` (0/1), ``confidence``, ``count``   |
+| footprint | ``probability`` (P(built-up)), ``binary`` (0/1), ``confidence``, ``count`` |
+| dynamics  | ``urbanization_year`` (NaN = none), ``confidence``, ``count``              |
 
 ``count`` is the number of valid observations behind each pixel (the smaller of the two dates
 for change; the number of observed years for dynamics). ``confidence`` is the calibrated
@@ -18,17 +18,37 @@ baseline; any other name is looked up in the weights registry (sha256 and bands 
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
+import geopandas as gpd
+import numpy as np
 import xarray as xr
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from shapely.geometry import box
 
 from models.baselines import breakpoint_year, builtup_rule, change_vector_analysis
-from models.registry import load_model
+from models.registry import load_model, resolve
+from models.spec import WeightsSpec
+from tasks.aoi import reproject_geometry
 from tasks.ard import CompositeRef, read_composite
 from tasks.errors import InputError
 from tasks.infer import predict_change, predict_dynamics, predict_footprint, resolve_device
+from tasks.publish import ProductKind, ProductRef, publish_product
+from tasks.report import data_uri, overlay, rgb_quicklook
+from tasks.vectorize import change_polygons, dynamics_polygons, footprint_polygons
 
-__all__ = ["BASELINE", "change_map", "dynamics_map", "footprint_map"]
+__all__ = [
+    "BASELINE",
+    "ProductSummary",
+    "change_map",
+    "dynamics_map",
+    "footprint_map",
+    "make_product",
+    "product_task",
+]
 
 BASELINE = "baseline"
 
@@ -73,7 +93,7 @@ def change_map(
         ds = predict_change(net, spec, b, a, device=device, select_bands=True)
         prob, confidence = ds["probability"], ds["confidence"]
         attrs = {"method": spec.name, "weights_sha256": spec.sha256}
-    return _binary_product(prob, confidence, count, threshold, "change", attrs)
+    return _binary_product(prob, confidence, count, threshold, attrs)
 
 
 def footprint_map(
@@ -103,7 +123,7 @@ def footprint_map(
         ds = predict_footprint(net, spec, comp, device=device, select_bands=True)
         prob, confidence = ds["probability"], ds["confidence"]
         attrs = {"method": spec.name, "weights_sha256": spec.sha256}
-    return _binary_product(prob, confidence, count, threshold, "built", attrs)
+    return _binary_product(prob, confidence, count, threshold, attrs)
 
 
 def _binary_product(
@@ -111,7 +131,6 @@ def _binary_product(
     confidence: xr.DataArray,
     count: xr.DataArray,
     threshold: float,
-    name: str,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
     valid = prob.notnull()
@@ -119,7 +138,7 @@ def _binary_product(
     return xr.Dataset(
         {
             "probability": prob.astype("float32"),
-            name: decision,
+            "binary": decision,
             "confidence": confidence.astype("float32"),
             "count": count.astype("int16"),
         },
@@ -164,9 +183,143 @@ def dynamics_map(
         attrs = {"method": spec.name, "weights_sha256": spec.sha256}
     return xr.Dataset(
         {
-            "year": year.astype("float32"),
+            "urbanization_year": year.astype("float32"),
             "confidence": confidence.astype("float32"),
             "count": observed_years,
         },
         attrs={**attrs, "first_year": int(years[0]), "last_year": int(years[-1])},
     )
+
+
+# ---- publishing a product ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProductSummary:
+    """What a flow reports about one product: the reference, areas, a small quicklook."""
+
+    product: ProductRef
+    kind: str
+    start: str
+    end: str
+    areas: tuple[dict[str, Any], ...]
+    quicklook: str  # PNG data URI, at most tasks.report.QUICKLOOK_PX a side
+    bounds: tuple[float, float, float, float]  # west, south, east, north (EPSG:4326)
+    geojson: dict[str, Any] = field(hash=False, compare=False)
+
+
+def make_product(
+    kind: ProductKind,
+    ref: CompositeRef,
+    *,
+    model: str = BASELINE,
+    threshold: float = 0.5,
+    period: str | None = None,
+    start: str,
+    end: str,
+    output_url: str | None = None,
+    min_pixels: int = 4,
+    device: str | None = None,
+) -> ProductSummary:
+    """Map `kind` from the composites `ref`, vectorize it, publish it (atomically, idempotently).
+
+    change: periods ``before``/``after`` of `ref`; footprint: `period`; dynamics: every annual
+    period. Returns a `ProductSummary` (a `ProductRef` plus areas and a quicklook).
+    """
+    grid = ref.grid
+    if kind == "change":
+        ds = change_map(ref, model=model, threshold=threshold, device=device)
+        gdf = change_polygons(
+            ds["probability"].values,
+            grid,
+            start=start,
+            end=end,
+            confidence=ds["confidence"].values,
+            threshold=threshold,
+            min_pixels=min_pixels,
+        )
+        backdrop, _ = read_composite(ref, "after")
+    elif kind == "footprint":
+        if period is None:
+            raise InputError("period: a footprint needs the composite period to map.")
+        ds = footprint_map(ref, period, model=model, threshold=threshold, device=device)
+        year = int(start[:4])
+        gdf = footprint_polygons(
+            ds["probability"].values,
+            grid,
+            years=[year],
+            confidence=ds["confidence"].values,
+            threshold=threshold,
+            min_pixels=min_pixels,
+        )
+        backdrop, _ = read_composite(ref, period)
+    else:
+        ds = dynamics_map(ref, model=model, device=device)
+        gdf = dynamics_polygons(
+            ds["urbanization_year"].values,
+            grid,
+            confidence=ds["confidence"].values,
+            min_pixels=min_pixels,
+        )
+        backdrop, _ = read_composite(ref, ref.periods[-1])
+    rasters = {str(k): np.asarray(ds[k].values, dtype=np.float32) for k in ds.data_vars}
+    spec: WeightsSpec | str = (
+        resolve(model)[0] if model != BASELINE else f"{BASELINE}:{ds.attrs['method']}"
+    )
+    params = {"threshold": threshold, "min_pixels": min_pixels, "method": ds.attrs["method"]}
+    product = publish_product(
+        kind,
+        rasters,
+        gdf,
+        grid=grid,
+        scene_ids=list(ref.scene_ids),
+        model=spec,
+        params=params,
+        start=start,
+        end=end,
+        output_url=output_url,
+    )
+    mask = (
+        rasters["binary"] > 0.5
+        if "binary" in rasters
+        else np.isfinite(rasters["urbanization_year"])
+    )
+    image = overlay(rgb_quicklook(backdrop.values, [str(b) for b in backdrop["band"].values]), mask)
+    footprint = box(*grid.bounds)
+    lonlat = reproject_geometry(footprint, grid.epsg, 4326).bounds
+    return ProductSummary(
+        product=product,
+        kind=kind,
+        start=start,
+        end=end,
+        areas=tuple(_areas(kind, gdf)),
+        quicklook=data_uri(image),
+        bounds=(lonlat[0], lonlat[1], lonlat[2], lonlat[3]),
+        geojson=json.loads(gdf.to_crs(4326).to_json())
+        if len(gdf)
+        else {"type": "FeatureCollection", "features": []},
+    )
+
+
+def _areas(kind: str, gdf: gpd.GeoDataFrame) -> list[dict[str, Any]]:
+    """Areas by class/period: the table artifact of a product."""
+    if not len(gdf):
+        return [{"product": kind, "group": "-", "polygons": 0, "area_ha": 0.0}]
+    key = {"change": "period_start", "footprint": "year", "dynamics": "epoch_start"}[kind]
+    key = key if key in gdf.columns else gdf.columns[0]
+    rows = []
+    for group, sub in gdf.groupby(key):
+        rows.append(
+            {
+                "product": kind,
+                "group": str(group),
+                "polygons": len(sub),
+                "area_ha": round(float(sub["area_m2"].sum()) / 1e4, 2),
+            }
+        )
+    return rows
+
+
+# ---- Prefect tasks -------------------------------------------------------
+# Inputs are references (a CompositeRef, names, numbers); the output a small summary.
+product_task = task(name="make-product", cache_policy=NO_CACHE, tags=["inference", "io"])(
+    make_product
+)

@@ -66,10 +66,10 @@ def pair(tmp_path: Path) -> CompositeRef:
 
 def test_change_baseline_finds_the_new_block(pair: CompositeRef) -> None:
     ds = change_map(pair)
-    assert set(ds.data_vars) == {"probability", "change", "confidence", "count"}
+    assert set(ds.data_vars) == {"probability", "binary", "confidence", "count"}
     truth = np.zeros(GRID.shape, bool)
     truth[BLOCK] = True
-    assert (ds["change"].values.astype(bool) == truth).mean() > 0.99
+    assert (ds["binary"].values.astype(bool) == truth).mean() > 0.99
     assert float(ds["confidence"].min()) >= 0.5
     assert int(ds["count"].max()) == 3  # the smaller of the two dates
     assert ds.attrs["method"] == "cva-otsu"
@@ -77,7 +77,7 @@ def test_change_baseline_finds_the_new_block(pair: CompositeRef) -> None:
 
 def test_footprint_baseline_flags_concrete(pair: CompositeRef) -> None:
     ds = footprint_map(pair, "after")
-    built = ds["built"].values.astype(bool)
+    built = ds["binary"].values.astype(bool)
     assert (
         built[BLOCK].mean() > 0.95
         and built[~np.pad(np.ones((10, 15), bool), ((10, 20), (15, 10)))].mean() < 0.05
@@ -88,7 +88,7 @@ def test_dynamics_baseline_finds_the_year(tmp_path: Path) -> None:
     layers = {str(2000 + i): _surface(i >= 5) for i in range(10)}
     ref = _write(tmp_path / "annual", layers, dict.fromkeys(layers, 2))
     ds = dynamics_map(ref)
-    years = ds["year"].values
+    years = ds["urbanization_year"].values
     assert np.nanmedian(years[BLOCK]) == 2005
     assert np.isnan(years[0, 0])  # never urbanized
     assert int(ds["count"].max()) == 10
@@ -119,5 +119,5 @@ def test_footprint_with_a_registry_model(
         get_settings.cache_clear()
     p = ds["probability"].values
     assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
-    assert (ds["built"].values == (p >= 0.5)).all()
+    assert (ds["binary"].values == (p >= 0.5)).all()
     assert ds.attrs["weights_sha256"] and float(ds["confidence"].min()) >= 0.5
