@@ -232,16 +232,18 @@ def discover_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    start: Annotated[
-        str | None, typer.Option(help="ISO start date (default: the archive's first year).")
+    output: Annotated[
+        str | None, typer.Option(help="Where to publish (default EO_OUTPUT_URL, ./demo-output).")
     ] = None,
-    end: Annotated[str | None, typer.Option(help="ISO end date (default: today).")] = None,
+    baseline: Annotated[
+        bool, typer.Option(help="Classical baselines instead of the shipped models.")
+    ] = False,
 ) -> None:
-    """Run the main job on the embedded default: archive, STAC API, discover, load, summary."""
+    """The main job on the embedded default: archive, STAC API, monitor, products, viewer."""
     from flows.demo import DemoParams, demo
 
     try:
-        demo(DemoParams(start=start, end=end))
+        demo(DemoParams(output_url=output, baseline=baseline))
     except PipelineError as err:
         _fail(err)
 

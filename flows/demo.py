@@ -1,52 +1,38 @@
-"""The main job on the embedded default: synthetic archive -> local STAC API -> discover -> load.
+"""The main job on the embedded default (`make demo`, `eo demo`).
 
-`make demo` runs this flow. It creates (or reuses) the demo archive in ``EO_CACHE_DIR``, serves it
-with ``rustac serve`` on 127.0.0.1, discovers every Landsat and Sentinel-2 scene over the demo AOI,
-loads them lazily on one UTM grid and reports what was found: scenes per platform and year, and the
-share of valid (non-nodata) pixels per scene, computed chunk by chunk.
+Creates (or reuses) the demo archive in ``EO_CACHE_DIR``, serves it with ``rustac serve`` on
+127.0.0.1, runs `monitor` over the demo AOI (Landsat 1985-now + recent Sentinel-2), publishes to
+``EO_OUTPUT_URL`` (default ``./demo-output``), writes the static viewer next to the products,
+prints a summary, and stops the STAC API it started.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tasks.discover import discover_scenes
-from tasks.refs import SceneRef
+from flows.params import MonitorParams
+from flows.products import monitor
+from tasks.products import ProductSummary
 from tasks.settings import get_settings
 
-__all__ = ["DemoParams", "DemoSummary", "demo"]
-
-COLLECTIONS = ("landsat-c2-l2", "sentinel-2-l2a")
+__all__ = ["DemoParams", "demo"]
 
 
 class DemoParams(BaseModel):
     """Parameters of the demo run (all optional)."""
 
-    start: str | None = Field(
-        default=None, description="ISO start date; default: the archive's first year."
-    )
-    end: str | None = Field(default=None, description="ISO end date; default: today.")
     archive_dir: str | None = Field(
         default=None, description="Archive folder; default EO_CACHE_DIR/archive-demo."
     )
-
-
-class DemoSummary(BaseModel):
-    """What the demo found."""
-
-    archive: str
-    stac_url: str
-    n_scenes: int
-    per_platform: dict[str, int]
-    per_year: dict[int, int]
-    grid: dict[str, Any]
-    valid_fraction_median: float
+    output_url: str | None = Field(default=None, description="Default EO_OUTPUT_URL.")
+    baseline: bool = Field(
+        default=False, description="Use the classical baselines instead of the shipped models."
+    )
 
 
 @task(name="ensure-archive", tags=["cpu"])
@@ -55,68 +41,62 @@ def ensure_archive(root: str) -> dict[str, Any]:
     from tasks.synthetic import DEMO_CONFIG, create_archive
 
     info = create_archive(Path(root), DEMO_CONFIG)
-    years = DEMO_CONFIG.landsat_years or DEMO_CONFIG.sentinel2_years or (DEMO_CONFIG.end_year,) * 2
-    return {"root": str(info.root), "aoi": info.aoi, "first_year": years[0]}
+    return {"root": str(info.root), "aoi": info.aoi}
 
 
-@task(name="summarise-stack", tags=["cpu"])
-def summarise_stack(scenes: list[SceneRef], aoi: dict[str, Any]) -> dict[str, Any]:
-    """Load the scenes lazily on the AOI's grid and compute per-scene valid-pixel fractions."""
-    import dask
+@task(name="write-viewer", tags=["io"])
+def write_viewer_task(summaries: list[ProductSummary], folder: str) -> str:
+    """The static Leaflet viewer of the products, next to them (a local folder)."""
+    import base64
 
-    from tasks.load import default_grid, load
+    from tasks.viewer import ViewerLayer, write_viewer
 
-    grid = default_grid(aoi, COLLECTIONS)
-    stack = load(scenes, grid, bands=["red"], with_mask=False)
-    with dask.config.set(scheduler="threads"):
-        valid = stack.sel(band="red").notnull().mean(dim=("y", "x")).compute()
-    return {
-        "grid": {"epsg": grid.epsg, "resolution": grid.resolution, "shape": list(grid.shape)},
-        "valid_fraction": [float(v) for v in valid.values],
-    }
+    colors = {"change": "#e6261f", "footprint": "#ff9900", "dynamics": "#7b2cbf"}
+    layers = []
+    for s in summaries:
+        png = base64.b64decode(s.quicklook.split(",", 1)[1])
+        layers.append(
+            ViewerLayer(
+                f"{s.kind} {s.start[:4]}-{s.end[:4]}",
+                s.bounds,
+                image_png=png,
+                geojson=s.geojson,
+                color=colors[s.kind],
+            )
+        )
+    return str(write_viewer(layers, Path(folder), title="eo-pipeline demo"))
 
 
 @flow(name="demo", log_prints=True)
-def demo(params: DemoParams | None = None) -> DemoSummary:
-    """Archive -> STAC API -> discover -> load -> summary (the embedded default, no network)."""
+def demo(params: DemoParams | None = None) -> list[ProductSummary]:
+    """Archive -> local STAC API -> monitor -> products + viewer (no network)."""
     from tasks.stac_server import serve_stac
     from tasks.synthetic import stac_files
 
     params = params or DemoParams()
     logger = get_run_logger()
-    root = params.archive_dir or str(get_settings().cache_dir / "archive-demo")
+    settings = get_settings()
+    output = params.output_url or settings.output_url
+    root = params.archive_dir or str(settings.cache_dir / "archive-demo")
     archive = ensure_archive(root)
-    start = params.start or f"{archive['first_year']}-01-01"
-    end = params.end or datetime.now(UTC).date().isoformat()
     with serve_stac(stac_files(Path(archive["root"]))) as server:
         logger.info("STAC API at %s", server.url)
-        scenes = discover_scenes(archive["aoi"], start, end, list(COLLECTIONS), stac_url=server.url)
-        stats = summarise_stack(scenes, archive["aoi"])
-
-    per_platform: dict[str, int] = {}
-    per_year: dict[int, int] = {}
-    for s in scenes:
-        per_platform[s.platform] = per_platform.get(s.platform, 0) + 1
-        per_year[s.datetime.year] = per_year.get(s.datetime.year, 0) + 1
-    fractions = sorted(stats["valid_fraction"])
-    summary = DemoSummary(
-        archive=archive["root"],
-        stac_url=server.url,
-        n_scenes=len(scenes),
-        per_platform=dict(sorted(per_platform.items())),
-        per_year=dict(sorted(per_year.items())),
-        grid=stats["grid"],
-        valid_fraction_median=fractions[len(fractions) // 2] if fractions else 0.0,
-    )
-    rows = "\n".join(f"| {p} | {n} |" for p, n in summary.per_platform.items())
-    create_markdown_artifact(
-        key="demo-summary",
-        markdown=f"## Demo archive\n\n{summary.n_scenes} scenes on grid {summary.grid}\n\n"
-        f"| platform | scenes |\n|---|---|\n{rows}\n",
-        description="Scenes discovered over the demo AOI",
-    )
-    print(f"{summary.n_scenes} scenes over the demo AOI on grid {summary.grid}")
-    for p, n in summary.per_platform.items():
-        print(f"  {p:14s} {n:5d}")
-    print(f"median valid-pixel fraction per scene: {summary.valid_fraction_median:.2f}")
-    return summary
+        summaries = monitor(
+            MonitorParams(
+                aoi=json.dumps(archive["aoi"]),
+                output_url=output,
+                stac_api_url=server.url,
+                use_baselines=params.baseline,
+            )
+        )
+    print(f"{'product':10s} {'period':23s} {'state':9s} item")
+    for s in summaries:
+        state = "skipped" if s.product.skipped else "new"
+        print(f"{s.kind:10s} {s.start} .. {s.end} {state:9s} {s.product.item_href}")
+        for row in s.areas:
+            group, n, ha = row["group"], row["polygons"], row["area_ha"]
+            print(f"{'':10s}   {group:>10s}: {n:4d} polygons {ha:9.2f} ha")
+    if "://" not in output:
+        index = write_viewer_task(summaries, str(Path(output) / "viewer"))
+        print(f"viewer: {index}")
+    return summaries
