@@ -220,6 +220,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600: weights are data others read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
