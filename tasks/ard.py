@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,7 @@ import numpy as np
 import rasterio
 import xarray as xr
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.aoi import GridSpec
@@ -163,12 +164,18 @@ def composite_key(
 
 
 def write_composites(
-    composites: xr.Dataset, grid: GridSpec, folder: Path, provenance: dict[str, Any]
+    composites: xr.Dataset,
+    grid: GridSpec,
+    folder: Path,
+    provenance: dict[str, Any],
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CompositeRef:
     """Compute `composites` chunk by chunk and write them to `folder` atomically.
 
     Written under a temporary sibling and renamed into place: `folder` either holds every period
-    and ``composites.json`` or does not exist.
+    and ``composites.json`` or does not exist. `progress(done, total)` is called after each
+    period (e.g. to update a Prefect progress artifact).
     """
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -182,6 +189,8 @@ def write_composites(
             with dask.config.set(scheduler="threads"):
                 r, c = dask.compute(refl.data, count.data)
             _write_period(tmp / f"{label}.tif", np.asarray(r), np.asarray(c), grid, bands)
+            if progress is not None:
+                progress(i + 1, len(periods))
         meta = {
             "grid": asdict(grid),
             "periods": periods,
@@ -268,6 +277,7 @@ def composites_for(
     *,
     options: ArdOptions = ArdOptions(),
     cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CompositeRef:
     """Composites of `scenes` on `grid` per period, computed once and reused.
 
@@ -293,7 +303,7 @@ def composites_for(
     composites = build_composites(stack, parsed, method=options.method)
     provenance = {"scene_ids": sorted({s.id for s in scenes}), **report}
     folder.parent.mkdir(parents=True, exist_ok=True)
-    return write_composites(composites, grid, folder, provenance)
+    return write_composites(composites, grid, folder, provenance, progress=progress)
 
 
 # ---- Prefect tasks -------------------------------------------------------
@@ -307,5 +317,12 @@ def make_composites(
     *,
     options: ArdOptions = ArdOptions(),
 ) -> CompositeRef:
-    """Prefect task around `composites_for` (reuses a complete result on disk)."""
-    return composites_for(scenes, grid, periods, options=options)
+    """Prefect task around `composites_for` (reuses a complete result on disk); a progress
+    artifact follows the periods written (decades of annual composites take a while)."""
+    artifact_id = create_progress_artifact(0.0, description="composites written (%)")
+    assert isinstance(artifact_id, uuid.UUID)  # sync context: not a coroutine
+
+    def report(done: int, total: int) -> None:
+        update_progress_artifact(artifact_id, 100.0 * done / total)
+
+    return composites_for(scenes, grid, periods, options=options, progress=report)
