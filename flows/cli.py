@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_run import run_app
 from tasks.errors import PipelineError
 from tasks.settings import get_settings
 
@@ -36,6 +37,7 @@ archive_app = typer.Typer(
 stac_app = typer.Typer(help="The local STAC API.", no_args_is_help=True)
 app.add_typer(archive_app, name="archive")
 app.add_typer(stac_app, name="stac")
+app.add_typer(run_app, name="run")
 
 console = Console()
 

@@ -1,0 +1,86 @@
+"""The `eo` command line: validation messages and a real run with its summary table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect.settings import PREFECT_API_URL
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.stac_server import StacServer
+from tasks.synthetic import ArchiveInfo
+
+runner = CliRunner()
+
+
+def test_eo_run_invalid_aoi_names_the_field() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "change-detection",
+            "--aoi",
+            "1,2,3",
+            "--before",
+            "2018-05-01/2018-09-30",
+            "--after",
+            "2023-05-01/2023-09-30",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "invalid aoi" in result.output and "4 numbers" in result.output
+
+
+def test_eo_run_reversed_dates_names_the_field() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "change-detection",
+            "--aoi",
+            "11.95,51.33,12.0,51.37",
+            "--before",
+            "2018-09-30/2018-05-01",
+            "--after",
+            "2023-05-01/2023-09-30",
+        ],
+    )
+    assert result.exit_code == 2 and "before" in result.output and "swap" in result.output
+
+
+def test_eo_run_footprint_publishes_and_prints_a_summary(
+    prefect_server: None, tiny_archive: ArchiveInfo, tiny_stac: StacServer, tmp_path: Path
+) -> None:
+    """A real `eo` process against the session's Prefect test server."""
+    env = {
+        **os.environ,
+        "EO_CACHE_DIR": str(tmp_path / "cache"),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "COLUMNS": "200",
+    }
+    args = [
+        str(Path(sys.executable).with_name("eo")),
+        "run",
+        "urban-footprint",
+        "--aoi",
+        json.dumps(tiny_archive.aoi),
+        "--year",
+        "2023",
+        "--model",
+        "baseline",
+        "--output",
+        str(tmp_path / "out"),
+        "--stac-url",
+        tiny_stac.url,
+    ]
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "published" in first.stdout and "item.json" in first.stdout
+    assert again.returncode == 0 and "already there" in again.stdout
+    assert len(list((tmp_path / "out").rglob("item.json"))) == 1
