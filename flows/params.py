@@ -207,3 +207,7 @@ class MonitorParams(_FlowParams):
         default=["change", "footprint", "dynamics"], description="Products to make."
     )
     first_year: int = Field(default=1985, ge=FIRST_LANDSAT_YEAR, description="First year.")
+    use_baselines: bool = Field(
+        default=False,
+        description="Classical baselines (CVA, NDBI rule, index breakpoint) instead of the models.",
+    )

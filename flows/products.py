@@ -152,6 +152,8 @@ def monitor(params: MonitorParams) -> list[ProductSummary]:
     now = datetime.now(UTC)
     last = now.year if now.month >= 10 else now.year - 1  # the last complete growing season
     common = params.model_dump(include={"aoi", "output_url", "stac_api_url", "max_cloud_cover"})
+    if params.use_baselines:
+        common["model"] = BASELINE
     out: list[ProductSummary] = []
     if "footprint" in params.products:
         out.append(urban_footprint(UrbanFootprintParams(**common, year=last)))
