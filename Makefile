@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format weights bench clean
+.PHONY: install demo test test-all lint format weights evaluate bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,15 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format flows tasks models tests benchmarks
 	$(VENV)/bin/ruff check --fix flows tasks models tests benchmarks
+
+# Reproduce the shipped weights (models/weights/README.md): synthetic worlds 1-3, ~15 min on 2 cores.
+weights: install
+	$(VENV)/bin/eo train dynamics --seeds 1,2,3 --output models/weights
+	$(VENV)/bin/eo train change --seeds 1,2,3 --output models/weights
+	$(VENV)/bin/eo train footprint --seeds 1,2,3 --output models/weights
+
+evaluate: install
+	$(VENV)/bin/eo evaluate --seed 101
 
 bench: install
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
