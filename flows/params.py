@@ -187,7 +187,10 @@ class UrbanDynamicsParams(_FlowParams):
         default="dynamics-pixelgru-30m",
         description="Weights name from the registry, or 'baseline' (index breakpoint).",
     )
-    collections: list[str] = Field(default=["landsat-c2-l2"], description="STAC collections.")
+    # the shipped model was trained on annual composites of Landsat and Sentinel-2 together
+    collections: list[str] = Field(
+        default=["landsat-c2-l2", "sentinel-2-l2a"], description="STAC collections."
+    )
 
     @model_validator(mode="after")
     def _years(self) -> UrbanDynamicsParams:

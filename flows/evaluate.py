@@ -1,0 +1,83 @@
+"""The ``evaluate`` flow: the three models and their baselines on a world never trained on.
+
+seed -> ensure-world (archive + composites + labels, cached) -> evaluate-models
+     -> a table artifact: DL vs baseline (change F1/precision/recall, footprint IoU/F1,
+        share of urbanized pixels whose year is within ±1, ECE)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from flows.train import WorldKind, ensure_world_task
+from tasks.errors import InputError
+
+__all__ = ["EvaluateParams", "EvaluateResult", "evaluate"]
+
+#: World seeds the shipped weights were trained on (`models/weights/*.json` name them too).
+TRAINING_SEEDS = frozenset({1, 2, 3})
+
+
+class EvaluateParams(BaseModel):
+    """Which world to evaluate on, and which weights."""
+
+    seed: int = Field(description="Seed of the evaluation world (never a training seed).")
+    world: WorldKind = Field(default="demo", description="World configuration: demo or tiny.")
+    weights_dir: str | None = Field(
+        default=None, description="Folder of weights that wins over the shipped ones."
+    )
+    change_pairs: list[tuple[int, int]] | None = Field(
+        default=None, description="(before, after) years scored for change; default fixed."
+    )
+    device: str = Field(default="cpu", description="Torch device: auto, cpu or cuda.")
+
+
+class EvaluateResult(BaseModel):
+    """Rows (product, metric, DL, baseline) and the weights evaluated (name + sha256)."""
+
+    seed: int
+    rows: list[tuple[str, str, float, float]]
+    models: dict[str, str]
+    markdown: str
+
+
+@task(name="evaluate-models", cache_policy=NO_CACHE, tags=["cpu"])
+def evaluate_task(root: str, params: EvaluateParams) -> EvaluateResult:
+    """Score the models and baselines on the world at `root`."""
+    from models.training.data import world_from_archive
+    from models.training.evaluate import EVAL_PAIRS, evaluate_world
+
+    world = world_from_archive(Path(root))
+    pairs = [tuple(p) for p in params.change_pairs] if params.change_pairs else EVAL_PAIRS
+    ev = evaluate_world(
+        world,
+        weights_dir=params.weights_dir,
+        pairs=pairs,  # type: ignore[arg-type]
+        device=params.device,
+    )
+    return EvaluateResult(seed=ev.seed, rows=ev.rows, models=ev.models, markdown=ev.markdown())
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(params: EvaluateParams) -> EvaluateResult:
+    """Build world `seed` and score the models against their baselines on it."""
+    if params.world == "demo" and params.seed in TRAINING_SEEDS and params.weights_dir is None:
+        raise InputError(
+            f"seed {params.seed} is a training world of the shipped weights "
+            f"({sorted(TRAINING_SEEDS)}); choose another seed."
+        )
+    root = ensure_world_task(params.seed, world=params.world)
+    result = evaluate_task(root, params)
+    models = "\n".join(f"- {k}: {v}" for k, v in result.models.items())
+    create_markdown_artifact(
+        key="evaluation",
+        markdown=f"## Evaluation on world {params.seed}\n\n{result.markdown}\n\n{models}\n",
+        description=f"DL vs baselines on unseen world {params.seed}",
+    )
+    print(result.markdown)
+    return result

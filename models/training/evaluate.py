@@ -1,0 +1,160 @@
+"""Evaluation on a world never used in training: learned models next to their baselines.
+
+The models run through the production inference engine (`tasks.infer`, weights from the
+registry with their sha256 checked), the baselines through `models.baselines`, both on the same
+composites. Scores (all on the whole world, which no training run has seen):
+
+- change: `predict_change` (P >= 0.5) vs `change_vector_analysis` (Otsu threshold):
+  F1, precision, recall, ECE;
+- footprint: `predict_footprint` (P >= 0.5) vs `builtup_rule` (NDBI rule): IoU, F1,
+  precision, recall, ECE;
+- dynamics: `predict_dynamics` urbanization year vs `breakpoint_year`: share within ±1 year,
+  mean absolute error, share of never-built pixels given a year, ECE.
+
+Change is scored over `EVAL_PAIRS` pooled; the year of urbanization over the pixels that
+became built-up after the first year (true year = first year with a majority of built-up truth).
+ECE (15 bins, Guo et al. 2017) is given for the calibrated DL probabilities; the baselines give
+no probability (their entries are NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from models.baselines import breakpoint_year, builtup_rule, change_vector_analysis
+from models.calibration import expected_calibration_error
+from models.registry import load_model
+from models.training.data import BANDS, WorldData
+from models.training.metrics import binary_scores, year_agreement
+from models.training.recipes import MODEL_NAMES, first_built_year
+from tasks.infer import predict_change, predict_dynamics, predict_footprint, resolve_device
+
+__all__ = ["BARS", "EVAL_PAIRS", "Evaluation", "evaluate_world"]
+
+#: (before, after) year pairs scored for change (fixed before any evaluation was run).
+EVAL_PAIRS: tuple[tuple[int, int], ...] = ((1991, 2025), (2009, 2025))
+
+#: Targets on unseen worlds (the project's acceptance bars).
+BARS: dict[tuple[str, str], float] = {
+    ("change", "f1"): 0.85,
+    ("footprint", "iou"): 0.85,
+    ("dynamics", "within_1"): 0.85,
+}
+
+
+@dataclass
+class Evaluation:
+    """Rows ``(product, metric, dl, baseline)`` and the model names/sha256 evaluated."""
+
+    seed: int
+    rows: list[tuple[str, str, float, float]] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)
+
+    def value(self, product: str, metric: str, which: str = "dl") -> float:
+        for p, m, dl, base in self.rows:
+            if (p, m) == (product, metric):
+                return dl if which == "dl" else base
+        raise KeyError((product, metric))
+
+    def markdown(self) -> str:
+        lines = [
+            "| product | metric | DL | baseline | bar |",
+            "|---|---|---|---|---|",
+        ]
+        for p, m, dl, base in self.rows:
+            bar = BARS.get((p, m))
+            lines.append(
+                f"| {p} | {m} | {dl:.3f} | {base:.3f} | {'' if bar is None else f'>= {bar}'} |"
+            )
+        return "\n".join(lines)
+
+
+def _da(refl: np.ndarray, lead: dict[str, Sequence[int]] | None = None) -> xr.DataArray:
+    dims = (*(lead or {}), "band", "y", "x")
+    coords: dict[str, object] = {"band": list(BANDS), **(lead or {})}
+    return xr.DataArray(refl, dims=dims, coords=coords)
+
+
+def evaluate_world(
+    world: WorldData,
+    *,
+    weights_dir: Path | str | None = None,
+    names: dict[str, str] | None = None,
+    pairs: Sequence[tuple[int, int]] = EVAL_PAIRS,
+    device: str | None = "cpu",
+) -> Evaluation:
+    """Score the three models (registry names `names`, default `MODEL_NAMES`; `weights_dir`
+    wins over the shipped folder) and their baselines on `world`."""
+    names = {**MODEL_NAMES, **(names or {})}
+    dev = resolve_device(device)
+    ev = Evaluation(seed=world.seed)
+
+    # change ----------------------------------------------------------------------------
+    net, spec = load_model(names["change"], device=dev, extra_dir=weights_dir)
+    ev.models["change"] = f"{spec.name} ({spec.sha256})"
+    probs, preds_b, labels, valids = [], [], [], []
+    for a, b in pairs:
+        before = _da(world.annual[world.year_index(a)])
+        after = _da(world.annual[world.year_index(b)])
+        ds = predict_change(net, spec, before, after, device=dev)
+        base = change_vector_analysis(before, after)
+        valid = ds["valid"].values & base["valid"].values
+        probs.append(ds["probability"].values[valid])
+        preds_b.append(base["change"].values[valid])
+        labels.append(world.change_label(a, b)[valid])
+        valids.append(valid)
+    p, y, pb = np.concatenate(probs), np.concatenate(labels), np.concatenate(preds_b)
+    dl, bl = binary_scores(p >= 0.5, y), binary_scores(pb, y)
+    for m in ("f1", "precision", "recall"):
+        ev.rows.append(("change", m, dl[m], bl[m]))
+    ev.rows.append(("change", "ece", expected_calibration_error(p, y), float("nan")))
+
+    # footprint ---------------------------------------------------------------------------
+    net, spec = load_model(names["footprint"], device=dev, extra_dir=weights_dir)
+    ev.models["footprint"] = f"{spec.name} ({spec.sha256})"
+    comp = _da(world.recent)
+    ds = predict_footprint(net, spec, comp, device=dev)
+    base = builtup_rule(comp)
+    valid = ds["valid"].values & base["valid"].values
+    p, y = ds["probability"].values[valid], world.built10[valid]
+    dl, bl = binary_scores(p >= 0.5, y), binary_scores(base["built"].values[valid], y)
+    for m in ("iou", "f1", "precision", "recall"):
+        ev.rows.append(("footprint", m, dl[m], bl[m]))
+    ev.rows.append(("footprint", "ece", expected_calibration_error(p, y), float("nan")))
+
+    # dynamics ----------------------------------------------------------------------------
+    net, spec = load_model(names["dynamics"], device=dev, extra_dir=weights_dir)
+    ev.models["dynamics"] = f"{spec.name} ({spec.sha256})"
+    annual = _da(world.annual, {"year": list(world.years)})
+    ds = predict_dynamics(net, spec, annual, device=dev)
+    base = breakpoint_year(annual)
+    built = world.built_label()
+    true_year = first_built_year(built, world.years)
+    urbanizing = built[-1] & ~built[0]
+    dl_year = ds["urbanization_year"].values[urbanizing]
+    bl_year = base["year"].values[urbanizing]
+    dl_a = year_agreement(dl_year, true_year[urbanizing])
+    bl_a = year_agreement(bl_year, true_year[urbanizing])
+    ev.rows.append(("dynamics", "within_1", dl_a["within"], bl_a["within"]))
+    ev.rows.append(("dynamics", "year_mae", dl_a["mae"], bl_a["mae"]))
+    # false alarms: pixels never built that get a year
+    never = ~built[-1]
+    ev.rows.append(
+        (
+            "dynamics",
+            "false_year_share",
+            float(np.isfinite(ds["urbanization_year"].values[never]).mean()),
+            float(np.isfinite(base["year"].values[never]).mean()),
+        )
+    )
+    prob = ds["probability"].values
+    ok = np.isfinite(prob)
+    ev.rows.append(
+        ("dynamics", "ece", expected_calibration_error(prob[ok], built[ok]), float("nan"))
+    )
+    return ev
