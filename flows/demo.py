@@ -97,6 +97,6 @@ def demo(params: DemoParams | None = None) -> list[ProductSummary]:
             group, n, ha = row["group"], row["polygons"], row["area_ha"]
             print(f"{'':10s}   {group:>10s}: {n:4d} polygons {ha:9.2f} ha")
     if "://" not in output:
-        index = write_viewer_task(summaries, str(Path(output) / "viewer"))
+        index = write_viewer_task(summaries, output)
         print(f"viewer: {index}")
     return summaries
