@@ -17,7 +17,7 @@ Contestants, timed on in-memory arrays (file reading excluded on both sides):
            "ours-1win": one 256 px window, the same amount of data arosics looks at;
 - arosics: ``arosics.COREG(ref, tgt, ws=(256, 256)).calculate_spatial_shifts()`` (one window,
            iterative phase correlation, arosics 1.12). arosics needs GDAL's Python bindings and
-           numpy<2, so it runs in its own venv (`benchmarks/setup_arosics.sh` builds
+           numpy<2, so it runs in its own venv (`benchmarks/setup_coreg_peer.sh` builds
            ``.venv-arosics``) as a subprocess; imports happen before the clock starts.
 
 Shifts are printed in our convention (displacement of the target's content in rows/cols:
@@ -164,7 +164,7 @@ def run_arosics(jobs: list[dict[str, object]], workdir: Path) -> list[Result | N
     if not AROSICS_PYTHON.exists():
         return (
             f"arosics venv not found ({AROSICS_PYTHON.relative_to(REPO_ROOT)}); "
-            "build it with: bash benchmarks/setup_arosics.sh"
+            "build it with: bash benchmarks/setup_coreg_peer.sh"
         )
     runner = workdir / "arosics_runner.py"
     runner.write_text(AROSICS_RUNNER)

@@ -7,8 +7,8 @@
 # its own venv, `.venv-arosics` at the repository root (git-ignored), and the benchmark runs it
 # as a subprocess. Recipe measured on Debian 12 (GDAL 3.6.2, arosics 1.12.1); see NOTES.md.
 #
-# Usage: bash benchmarks/setup_arosics.sh            (as root, or with sudo for apt-get)
-#        PYTHON=python3.11 bash benchmarks/setup_arosics.sh
+# Usage: bash benchmarks/setup_coreg_peer.sh            (as root, or with sudo for apt-get)
+#        PYTHON=python3.11 bash benchmarks/setup_coreg_peer.sh
 # Idempotent: a venv that already imports arosics is left as it is.
 set -euo pipefail
 
