@@ -165,10 +165,7 @@ def common_grid(items: Sequence[dict[str, Any]]) -> tuple[GridSpec, list[dict[st
     return GridSpec(int(epsg), 10.0, bounds), [i for i, _ in kept]
 
 
-def scene_ref(item: dict[str, Any]) -> SceneRef:
-    props = item["properties"]
-    when = datetime.fromisoformat(props["datetime"].replace("Z", "+00:00"))
-    return SceneRef(item["id"], item["collection"], when, props.get("platform", ""), None, item)
+scene_ref = SceneRef.from_item
 
 
 def read_ours(items: Sequence[dict[str, Any]], grid: GridSpec) -> np.ndarray:

@@ -226,24 +226,10 @@ def _check_collections_exist(
 
 def _scene_ref(item: dict[str, Any]) -> SceneRef | None:
     """A SceneRef from an Item dict, or None (logged with the item's id) when it is malformed."""
-    item_id = item.get("id", "<no id>")
     try:
-        props = item["properties"]
-        when = props.get("datetime") or props.get("start_datetime")
-        dt = datetime.fromisoformat(str(when).replace("Z", "+00:00"))
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        cc = props.get("eo:cloud_cover")
-        return SceneRef(
-            id=str(item["id"]),
-            collection=str(item["collection"]),
-            datetime=dt,
-            platform=str(props.get("platform", "")).lower(),
-            cloud_cover=None if cc is None else float(cc),
-            item=item,
-        )
+        return SceneRef.from_item(item)
     except (KeyError, TypeError, ValueError) as err:
-        log.warning("skipping malformed STAC item %s: %s", item_id, err)
+        log.warning("skipping malformed STAC item %s: %s", item.get("id", "<no id>"), err)
         return None
 
 

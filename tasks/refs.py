@@ -5,8 +5,9 @@ Cheap to hash (Prefect cache keys) and readable in the UI.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["SceneRef"]
@@ -27,6 +28,25 @@ class SceneRef:
     platform: str
     cloud_cover: float | None
     item: dict[str, Any] = field(compare=False, hash=False, repr=False)
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> SceneRef:
+        """The reference of a STAC Item dict (``datetime`` or ``start_datetime``; naive = UTC).
+
+        Raises KeyError / TypeError / ValueError for an Item without id, collection or time.
+        """
+        props = item["properties"]
+        when = props.get("datetime") or props.get("start_datetime")
+        dt = datetime.fromisoformat(str(when).replace("Z", "+00:00"))
+        cc = props.get("eo:cloud_cover")
+        return cls(
+            id=str(item["id"]),
+            collection=str(item["collection"]),
+            datetime=dt if dt.tzinfo else dt.replace(tzinfo=UTC),
+            platform=str(props.get("platform", "")).lower(),
+            cloud_cover=None if cc is None else float(cc),
+            item=dict(item),
+        )
 
     @property
     def sensor(self) -> str:

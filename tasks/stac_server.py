@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -181,16 +181,6 @@ def _wait_ready(server: StacServer, timeout: float) -> None:
         f"the STAC API at {server.url} did not answer within {timeout:.0f} s; "
         "large archives take longer to load: raise startup_timeout."
     )
-
-
-@contextlib.contextmanager
-def stac_api(files: Sequence[Path | str], **kwargs: object) -> Iterator[StacServer]:
-    """Context manager form of `serve_stac`."""
-    server = serve_stac(files, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @atexit.register

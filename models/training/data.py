@@ -33,7 +33,6 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,20 +91,7 @@ def coarse_grid(truth_grid: GridSpec) -> GridSpec:
 
 def scene_refs(items: Sequence[dict[str, Any]]) -> list[SceneRef]:
     """`SceneRef` of STAC Item dicts (as `tasks.discover` makes them, without a server)."""
-    refs = []
-    for item in items:
-        props = item["properties"]
-        refs.append(
-            SceneRef(
-                id=item["id"],
-                collection=item["collection"],
-                datetime=datetime.fromisoformat(str(props["datetime"]).replace("Z", "+00:00")),
-                platform=props["platform"],
-                cloud_cover=props.get("eo:cloud_cover"),
-                item=item,
-            )
-        )
-    return refs
+    return [SceneRef.from_item(item) for item in items]
 
 
 def block_share(fine: np.ndarray, factor: int = COARSE) -> np.ndarray:

@@ -19,19 +19,11 @@ from tasks.load import default_grid, load
 from tasks.refs import SceneRef
 from tasks.stac_server import StacServer
 from tasks.synthetic import ArchiveInfo, Truth
-from tasks.synthetic.bands import NOISE_SIGMA
+from tasks.synthetic.bands import INSTRUMENTS, NOISE_SIGMA
 
 pytestmark = pytest.mark.e2e
 
 COLLECTIONS = ["landsat-c2-l2", "sentinel-2-l2a"]
-INSTRUMENT = {
-    "landsat-5": "tm",
-    "landsat-7": "etm+",
-    "landsat-8": "oli",
-    "landsat-9": "oli",
-    "sentinel-2a": "msi",
-    "sentinel-2b": "msi",
-}
 QUANTUM = {"landsat": 2.75e-5, "sentinel-2": 1e-4}  # reflectance per DN
 
 
@@ -90,7 +82,7 @@ def test_load_matches_noise_free_truth_within_the_noise(
     candidates = [s for s in scenes if s.platform == platform]
     assert candidates, f"the tiny archive has no {platform} scene"
     scene = max(candidates, key=lambda s: tiny_truth.scenes[s.id].valid_fraction)
-    sigma = NOISE_SIGMA[INSTRUMENT[platform]]  # type: ignore[index]
+    sigma = NOISE_SIGMA[INSTRUMENTS[platform]]  # type: ignore[index]
     q = QUANTUM[scene.sensor]
     expected_sd = float(np.hypot(sigma, q / np.sqrt(12)))
     # Landsat's NIR asset is called nir08 in Earth Search; its common name is nir

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -426,16 +424,7 @@ def _truth_px(truth: Truth, scene_id: str, grid: GridSpec) -> tuple[float, float
     return -dy / grid.resolution, dx / grid.resolution
 
 
-def _scene(item: dict[str, Any]) -> SceneRef:
-    props = item["properties"]
-    return SceneRef(
-        id=item["id"],
-        collection=item["collection"],
-        datetime=datetime.fromisoformat(props["datetime"].replace("Z", "+00:00")),
-        platform=props["platform"],
-        cloud_cover=props.get("eo:cloud_cover"),
-        item=item,
-    )
+_scene = SceneRef.from_item
 
 
 def test_estimate_shifts_synthetic_archive_rmse(tmp_path_factory: pytest.TempPathFactory) -> None:

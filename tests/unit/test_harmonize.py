@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import dask.array as da
@@ -194,10 +193,7 @@ def msi_oli_archive(tmp_path_factory: pytest.TempPathFactory) -> ArchiveInfo:
     return create_archive(tmp_path_factory.mktemp("msi-oli") / "archive", config, workers=1)
 
 
-def _scene_ref(item: dict[str, Any]) -> SceneRef:
-    p = item["properties"]
-    when = datetime.fromisoformat(str(p["datetime"]).replace("Z", "+00:00"))
-    return SceneRef(item["id"], item["collection"], when, p["platform"], p["eo:cloud_cover"], item)
+_scene_ref = SceneRef.from_item
 
 
 def _pure_30m(landcover: np.ndarray, shape: tuple[int, int], cls: int) -> np.ndarray:
