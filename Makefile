@@ -28,6 +28,7 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check flows tasks models tests benchmarks
 	$(VENV)/bin/mypy
+	$(PY) .ci/audit.py
 
 format: install
 	$(VENV)/bin/ruff format flows tasks models tests benchmarks
