@@ -658,13 +658,17 @@ def estimate_shifts(
     stack: xr.DataArray,
     *,
     band: str = DEFAULT_BAND,
-    reference: ReferenceMethod | int | str = "clearest",
+    reference: ReferenceMethod | int | str | ReferenceImage = "clearest",
     **tuning: Any,
 ) -> xr.Dataset:
     """Shift of every scene of `stack` (dims ``(time, band, y, x)``) against a reference.
 
     Reads `band` of one scene at a time (memory: two ``(y, x)`` images). `reference`: see
-    `select_reference`. `tuning`: keyword parameters of `estimate_shift` (``window``,
+    `select_reference`, or a `ReferenceImage` made beforehand (on the stack's grid, e.g. one
+    kept from an earlier stack so that stacks of different dates share one geometry): every
+    scene is matched against it, a one-scene stack included; the scene whose ``id`` is its
+    `label` is the reference itself (shift 0, status ``reference``). `tuning`: keyword
+    parameters of `estimate_shift` (``window``,
     ``min_peak_ratio`` …); ``resolution_ratio`` is derived per scene from the ``platform`` coord
     (native resolution of `band` vs the grid) and cannot be given.
 
@@ -681,11 +685,14 @@ def estimate_shifts(
     _check_stack(stack, band)
     n = stack.sizes["time"]
     step_y, step_x = _coordinate_steps(stack)
-    if n == 1:
+    if n == 1 and not isinstance(reference, ReferenceImage):
         estimates = [ShiftEstimate(0.0, 0.0, math.nan, 0.0, 0, 0, False, "single-scene")]
         label = _scene_label(stack, 0)
     else:
-        ref = select_reference(stack, band=band, method=reference)
+        if isinstance(reference, ReferenceImage):
+            ref = _external_reference(stack, reference)
+        else:
+            ref = select_reference(stack, band=band, method=reference)
         label = ref.label
         valid = _valid(stack, band)
         resolutions = _native_resolutions(stack, band)
@@ -708,6 +715,19 @@ def estimate_shifts(
                 )
             )
     return _as_dataset(stack, estimates, step_y, step_x, label=label, band=band)
+
+
+def _external_reference(stack: xr.DataArray, reference: ReferenceImage) -> ReferenceImage:
+    """`reference` placed on `stack`: shape checked, `index` = the scene that is the reference."""
+    shape = (stack.sizes["y"], stack.sizes["x"])
+    if reference.image.shape != shape:
+        raise InputError(
+            f"reference {reference.label!r} is {reference.image.shape} pixels, the stack {shape}; "
+            "make the reference on the stack's grid."
+        )
+    ids = [str(v) for v in stack["id"].values] if "id" in stack.coords else []
+    index = ids.index(reference.label) if reference.label in ids else None
+    return ReferenceImage(reference.image, reference.label, index, reference.native_resolution)
 
 
 def apply_shifts(
@@ -786,7 +806,7 @@ def coregister_stack(
     stack: xr.DataArray,
     *,
     band: str = DEFAULT_BAND,
-    reference: ReferenceMethod | int | str = "clearest",
+    reference: ReferenceMethod | int | str | ReferenceImage = "clearest",
     order: int = 3,
     shift_flagged: bool = False,
     **tuning: Any,

@@ -103,17 +103,28 @@ def test_composites_record_provenance(composites: CompositeRef, scenes: list[Sce
     assert meta["mask"]["rejected"] or meta["mask"]["kept"]
     shifts = meta["coregistration"]["scenes"]
     assert shifts and all({"dx_m", "dy_m", "flagged", "status"} <= set(v) for v in shifts.values())
+    # per period: its own scenes, all matched against the one pinned reference
+    landsat, sentinel2 = (composites.period_provenance(p) for p in ("landsat", "sentinel2"))
+    assert set(landsat["scene_ids"]) == {s.id for s in scenes if s.sensor == "landsat"}
+    assert set(sentinel2["scene_ids"]) == {s.id for s in scenes if s.sensor == "sentinel-2"}
+    assert landsat["reference"] == sentinel2["reference"] == meta["reference"]
+    assert meta["coregistration"]["reference"] == meta["reference"]["scene_id"]
+    assert set(landsat["coregistration"]["scenes"]) == set(landsat["kept"])
 
 
 def test_composites_rerun_is_a_no_op(
     composites: CompositeRef, scenes: list[SceneRef], grid30: GridSpec
 ) -> None:
     cache = Path(composites.path).parents[1]
-    mtimes = {p.name: p.stat().st_mtime_ns for p in Path(composites.path).iterdir()}
+    # the manifest and every period's GeoTIFF + provenance (they live in the per-period cache)
+    files = [Path(composites.path) / "composites.json"]
+    files += [f for p in composites.periods for f in composites.tif(p).parent.iterdir()]
+    mtimes = {f: f.stat().st_mtime_ns for f in files}
     again = composites_for(scenes, grid30, PERIODS, cache_dir=cache)
     assert again == composites
-    assert {p.name: p.stat().st_mtime_ns for p in Path(again.path).iterdir()} == mtimes
-    assert not [p for p in Path(composites.path).parent.iterdir() if p.name.startswith(".")]
+    assert {f: f.stat().st_mtime_ns for f in files} == mtimes
+    for folder in (Path(composites.path).parent, composites.tif("landsat").parents[1]):
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no leftovers
 
 
 def test_composites_all_scenes_rejected_is_a_clear_error(

@@ -27,6 +27,7 @@ from tasks.aoi import GridSpec
 from tasks.cloudmask import mask_stack
 from tasks.coregister import (
     SHIFT_VARIABLES,
+    ReferenceImage,
     apply_shifts,
     coregister_stack,
     estimate_shift,
@@ -330,6 +331,26 @@ def test_coregister_stack_single_scene_unchanged() -> None:
     assert out["coreg_status"].values.tolist() == ["single-scene"]
     assert not out["coreg_flagged"].values[0]
     assert out["coreg_shift_x_px"].values[0] == 0.0 and out["coreg_shift_y_m"].values[0] == 0.0
+
+
+def test_estimate_shifts_against_a_kept_reference_image() -> None:
+    # a reference kept from another stack: every scene is matched against it, a lone one too
+    canvas = texture((192 + 2 * MARGIN, 192 + 2 * MARGIN), seed=15)
+    ref = canvas[MARGIN:-MARGIN, MARGIN:-MARGIN]
+    moved = shifted(canvas, 0.8, -0.5)[MARGIN:-MARGIN, MARGIN:-MARGIN]
+    kept = ReferenceImage(ref, "an-old-scene", None, 10.0)
+    out = estimate_shifts(make_stack([moved]), reference=kept)
+    assert out["coreg_status"].values.tolist() == ["ok"]
+    assert out.attrs["coreg_reference"] == "an-old-scene"
+    assert out["coreg_shift_y_px"].values[0] == pytest.approx(0.8, abs=0.05)
+    assert out["coreg_shift_x_px"].values[0] == pytest.approx(-0.5, abs=0.05)
+    # the scene it was cut from, when present, is the reference itself
+    both = estimate_shifts(
+        make_stack([moved, ref]), reference=ReferenceImage(ref, "scene-1", None, 10.0)
+    )
+    assert both["coreg_status"].values.tolist() == ["ok", "reference"]
+    with pytest.raises(InputError, match="on the stack's grid"):
+        estimate_shifts(make_stack([moved[:96]]), reference=kept)
 
 
 def test_apply_shifts_is_lazy_and_reproduces_the_reference() -> None:
