@@ -2,6 +2,17 @@
 
 Each reads like the pipeline diagram: discover -> composites (analysis-ready) -> product ->
 publish -> report. No pixel math here: the work happens in `tasks`.
+
+**Tiles.** The AOI's grid is split into tiles of ``EO_TILE_SIZE_PX`` pixels a side
+(`tasks.tiling.split_grid`, with the product's halo `tasks.products.HALO_PX`); one task per
+tile (`tasks.products.tile_product_task`, fanned out with ``.map()``) makes its composites and
+product arrays, and the tiles' cores are mosaicked into one product, published once. An AOI of
+up to about one tile is one tile: the whole grid.
+
+**Where tasks run.** ``EO_DASK_ADDRESS`` set when this module is imported (by a worker, ``eo
+serve`` or a script) runs the tile tasks on that Dask cluster through prefect-dask's
+``DaskTaskRunner``; unset, in threads of the flow's process (Prefect's default). For one call,
+``change_detection.with_options(task_runner=tile_task_runner("tcp://host:8786"))(params)``.
 """
 
 from __future__ import annotations
@@ -9,8 +20,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture
 
 from flows.params import (
     ChangeDetectionParams,
@@ -19,12 +31,23 @@ from flows.params import (
     UrbanDynamicsParams,
     UrbanFootprintParams,
 )
-from tasks.aoi import grid_for_aoi
-from tasks.ard import make_composites
+from tasks.aoi import AoiLike, GridSpec, grid_for_aoi, parse_aoi, reproject_geometry
+from tasks.ard import PeriodArg
 from tasks.discover import discover_scenes
 from tasks.errors import InputError
-from tasks.products import BASELINE, ProductSummary, product_task
+from tasks.products import (
+    BASELINE,
+    HALO_PX,
+    ProductSummary,
+    pin_reference_task,
+    publish_tiles_task,
+    tile_product_task,
+)
+from tasks.publish import ProductKind
+from tasks.refs import SceneRef
 from tasks.report import table_rows
+from tasks.settings import get_settings
+from tasks.tiling import split_grid, tile_task_runner
 
 __all__ = ["change_detection", "monitor", "urban_dynamics", "urban_footprint"]
 
@@ -71,16 +94,70 @@ def _scenes(params: Any, start: str, end: str, collections: list[str]) -> list[A
     return scenes
 
 
-@flow(name="change-detection")
+def _tiled_product(
+    kind: ProductKind,
+    scenes: list[SceneRef],
+    grid: GridSpec,
+    periods: PeriodArg,
+    *,
+    aoi: AoiLike,
+    model: str,
+    start: str,
+    end: str,
+    output_url: str | None,
+    threshold: float = 0.5,
+    period: str | None = None,
+) -> ProductSummary:
+    """Per tile (fanned out): composites -> product; then one mosaic on `grid`, published once."""
+    area = reproject_geometry(parse_aoi(aoi), 4326, grid.epsg)
+    tile_px = get_settings().tile_size_px
+    tiles = split_grid(grid, tile_size_px=tile_px, halo_px=HALO_PX[kind], aoi=area)
+    get_run_logger().info(
+        "%s: %d x %d px in %d tile(s) of ~%d px (+%d px halo)",
+        kind,
+        *grid.shape,
+        len(tiles),
+        tile_px,
+        HALO_PX[kind],
+    )
+    # tiles crop the AOI's co-registration reference (one untiled run pins its own)
+    pinned: list[PrefectFuture[Any]] = (
+        [pin_reference_task.submit(scenes, grid)] if len(tiles) > 1 else []
+    )
+    parts = tile_product_task.map(
+        unmapped(kind),
+        unmapped(scenes),
+        tiles,
+        unmapped(periods),
+        model=unmapped(model),
+        threshold=unmapped(threshold),
+        period=unmapped(period),
+        wait_for=pinned,
+    )
+    return publish_tiles_task(
+        kind,
+        parts.result(),  # waits for every tile; a failed tile fails the product
+        model=model,
+        threshold=threshold,
+        period=period,
+        start=start,
+        end=end,
+        output_url=output_url,
+    )
+
+
+@flow(name="change-detection", task_runner=tile_task_runner())
 def change_detection(params: ChangeDetectionParams) -> ProductSummary:
     """Change between two periods: bi-temporal composites -> FC-Siam-diff (or CVA) -> publish."""
     before, after = params.before.as_tuple(), params.after.as_tuple()
     scenes = _scenes(params, before[0], after[1], params.collections)
     grid = grid_for_aoi(params.aoi, RESOLUTION["change"])
-    composites = make_composites(scenes, grid, {"before": before, "after": after})
-    summary = product_task(
+    summary = _tiled_product(
         "change",
-        composites,
+        scenes,
+        grid,
+        {"before": before, "after": after},
+        aoi=params.aoi,
         model=params.model,
         threshold=params.threshold,
         start=before[0],
@@ -91,7 +168,7 @@ def change_detection(params: ChangeDetectionParams) -> ProductSummary:
     return summary
 
 
-@flow(name="urban-footprint")
+@flow(name="urban-footprint", task_runner=tile_task_runner())
 def urban_footprint(params: UrbanFootprintParams) -> ProductSummary:
     """Built-up footprint of one year: composite -> U-Net (or NDBI rule) -> publish."""
     if params.period is not None:
@@ -104,10 +181,12 @@ def urban_footprint(params: UrbanFootprintParams) -> ProductSummary:
     scenes = _scenes(params, start, end, collections)
     grid = grid_for_aoi(params.aoi, resolution)
     label = start[:4] if params.year is not None else "period"
-    composites = make_composites(scenes, grid, {label: (start, end)})
-    summary = product_task(
+    summary = _tiled_product(
         "footprint",
-        composites,
+        scenes,
+        grid,
+        {label: (start, end)},
+        aoi=params.aoi,
         model=params.model,
         period=label,
         threshold=params.threshold,
@@ -119,7 +198,7 @@ def urban_footprint(params: UrbanFootprintParams) -> ProductSummary:
     return summary
 
 
-@flow(name="urban-dynamics")
+@flow(name="urban-dynamics", task_runner=tile_task_runner())
 def urban_dynamics(params: UrbanDynamicsParams) -> ProductSummary:
     """Year of urbanization: annual composites first..last year -> PixelGRU (or breakpoint)."""
     start, end = f"{params.first_year}-01-01", f"{params.last_year}-12-31"
@@ -128,10 +207,12 @@ def urban_dynamics(params: UrbanDynamicsParams) -> ProductSummary:
     years = {
         str(y): (f"{y}-01-01", f"{y}-12-31") for y in range(params.first_year, params.last_year + 1)
     }
-    composites = make_composites(scenes, grid, years)
-    summary = product_task(
+    summary = _tiled_product(
         "dynamics",
-        composites,
+        scenes,
+        grid,
+        years,
+        aoi=params.aoi,
         model=params.model,
         start=start,
         end=end,
@@ -145,25 +226,32 @@ def urban_dynamics(params: UrbanDynamicsParams) -> ProductSummary:
 def monitor(params: MonitorParams) -> list[ProductSummary]:
     """End to end for one AOI: the products asked for, newest state first.
 
-    change: the same season five years ago vs the last full growing season; footprint: the
-    last year; dynamics: `first_year` .. last year.
+    change: the same season `change_interval_years` (5) years earlier vs the last full growing
+    season; footprint: the last year; dynamics: `first_year` .. last year. `params.year`, when
+    given (a run triggered by a new acquisition), stands for "the last year".
     """
     logger = get_run_logger()
     now = datetime.now(UTC)
     last = now.year if now.month >= 10 else now.year - 1  # the last complete growing season
+    if params.year is not None:
+        last = params.year
+    before_year = last - params.change_interval_years
     common = params.model_dump(include={"aoi", "output_url", "stac_api_url", "max_cloud_cover"})
     if params.use_baselines:
         common["model"] = BASELINE
     out: list[ProductSummary] = []
     if "footprint" in params.products:
         out.append(urban_footprint(UrbanFootprintParams(**common, year=last)))
-    if "change" in params.products:
+    if "change" in params.products and date(last, 4, 1) > now.date():
+        # a run triggered by a January-March acquisition: that season has no data yet
+        logger.warning("change: the %d growing season has not begun; not made this time", last)
+    elif "change" in params.products:
         out.append(
             change_detection(
                 ChangeDetectionParams(
                     **common,
                     collections=params.collections,
-                    before=DateRange(start=date(last - 5, 4, 1), end=date(last - 5, 10, 31)),
+                    before=DateRange(start=date(before_year, 4, 1), end=date(before_year, 10, 31)),
                     after=DateRange(start=date(last, 4, 1), end=date(last, 10, 31)),
                 )
             )

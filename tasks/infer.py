@@ -29,7 +29,8 @@ output's size, and the valid mask. A lazy dask graph is computed once per batch 
 or write expensive inputs (composites) before inference.
 
 **Device.** ``device`` ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
-default from `tasks.settings.get_settings().device` (``EO_DEVICE``). On CUDA the forward pass
+default from `tasks.settings.get_settings().device` (``EO_DEVICE``). Model inference on CUDA runs
+inside `gpu_slot` (one task per GPU at a time; see there). On CUDA the forward pass
 runs under ``torch.autocast`` (bfloat16 where supported, else float16) unless
 ``mixed_precision=False``. On CPU it runs in float32 with
 ``torch.use_deterministic_algorithms(True)`` and a fixed seed: two runs give identical bytes.
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ import torch
 import xarray as xr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
 from torch import nn
 
@@ -79,10 +82,12 @@ from tasks.settings import get_settings
 
 __all__ = [
     "CONFIDENCE_METHOD",
+    "GPU_CONCURRENCY_LIMIT",
     "URBAN_THRESHOLD",
     "Window",
     "blend_weights",
     "detect_change",
+    "gpu_slot",
     "map_footprint",
     "map_urban_dynamics",
     "predict_change",
@@ -202,6 +207,43 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             )
         return torch.device(name)
     raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+
+
+#: The Prefect global concurrency limit that model inference on CUDA takes a slot of.
+GPU_CONCURRENCY_LIMIT = "gpu"
+
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
+
+
+def _device_lock(device: torch.device) -> threading.Lock:
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
+
+
+@contextlib.contextmanager
+def gpu_slot(device: torch.device, *, limit: str = GPU_CONCURRENCY_LIMIT) -> Iterator[None]:
+    """Hold `device` for the block when it is a CUDA device; on CPU, nothing happens.
+
+    Two guards, so that one GPU never runs two models at once (out-of-memory, thrashing):
+
+    - a lock per device in this process: tile tasks that Prefect's default task runner runs in
+      threads of one process take turns;
+    - one slot of the Prefect global concurrency limit `limit` (``"gpu"``), held across
+      processes and machines (Dask workers, several flow runs): create it once per Prefect
+      server with ``prefect gcl create gpu --limit 1`` (the limit = the number of GPUs the
+      workers share; with several GPUs give each Dask worker one, ``CUDA_VISIBLE_DEVICES``).
+
+    When the limit does not exist, Prefect 3.8.8 does not create it (the server's
+    ``create_if_missing`` is deprecated and ignored): with ``strict=False``, used here, it logs
+    "Concurrency limits ['gpu'] do not exist - skipping acquisition." and the block runs guarded
+    by the process lock only; ``strict=True`` would fail every CUDA task instead.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    with _device_lock(device), concurrency(limit, occupy=1, strict=False):
+        yield
 
 
 def _autocast(
@@ -724,18 +766,20 @@ def detect_change(
     device: str | None = None,
 ) -> xr.Dataset:
     """Prefect task: load weights `model` (sha256 checked) and run `predict_change`."""
-    net, spec = load_model(model, device=resolve_device(device), extra_dir=weights_dir)
-    ds = predict_change(
-        net,
-        spec,
-        before,
-        after,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        mc_passes=mc_passes,
-        device=device,
-    )
+    dev = resolve_device(device)
+    with gpu_slot(dev):
+        net, spec = load_model(model, device=dev, extra_dir=weights_dir)
+        ds = predict_change(
+            net,
+            spec,
+            before,
+            after,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            mc_passes=mc_passes,
+            device=device,
+        )
     _task_logger().info(
         "change %s (sha256 %s): %d valid px", spec.name, spec.sha256, int(ds["valid"].sum())
     )
@@ -755,17 +799,19 @@ def map_footprint(
     device: str | None = None,
 ) -> xr.Dataset:
     """Prefect task: load weights `model` (sha256 checked) and run `predict_footprint`."""
-    net, spec = load_model(model, device=resolve_device(device), extra_dir=weights_dir)
-    ds = predict_footprint(
-        net,
-        spec,
-        composite,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        mc_passes=mc_passes,
-        device=device,
-    )
+    dev = resolve_device(device)
+    with gpu_slot(dev):
+        net, spec = load_model(model, device=dev, extra_dir=weights_dir)
+        ds = predict_footprint(
+            net,
+            spec,
+            composite,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            mc_passes=mc_passes,
+            device=device,
+        )
     _task_logger().info(
         "footprint %s (sha256 %s): %d valid px", spec.name, spec.sha256, int(ds["valid"].sum())
     )
@@ -785,17 +831,19 @@ def map_urban_dynamics(
     device: str | None = None,
 ) -> xr.Dataset:
     """Prefect task: load weights `model` (sha256 checked) and run `predict_dynamics`."""
-    net, spec = load_model(model, device=resolve_device(device), extra_dir=weights_dir)
-    ds = predict_dynamics(
-        net,
-        spec,
-        annual,
-        tile=tile,
-        batch_size=batch_size,
-        threshold=threshold,
-        mc_passes=mc_passes,
-        device=device,
-    )
+    dev = resolve_device(device)
+    with gpu_slot(dev):
+        net, spec = load_model(model, device=dev, extra_dir=weights_dir)
+        ds = predict_dynamics(
+            net,
+            spec,
+            annual,
+            tile=tile,
+            batch_size=batch_size,
+            threshold=threshold,
+            mc_passes=mc_passes,
+            device=device,
+        )
     _task_logger().info(
         "dynamics %s (sha256 %s): %d years, %d valid px",
         spec.name,
