@@ -40,7 +40,8 @@ class TrainingData(BaseModel):
     """Where the labels came from.
 
     ``source="synthetic"``: the synthetic archive's ground truth (`world_seeds` name the worlds);
-    ``source="labels"``: user labels (`labels` names them: a URL or file name and its version).
+    ``source="labels"``: user labels (`labels` names them: a URL or file name and its version;
+    `labels_sha256` pins the file's content).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,6 +51,9 @@ class TrainingData(BaseModel):
     )
     world_seeds: tuple[int, ...] = Field(default=(), description="synthetic world seeds used")
     labels: str | None = Field(default=None, description="user label set (URL or name + version)")
+    labels_sha256: str | None = Field(
+        default=None, pattern=_SHA256, description="sha256 of the user label file"
+    )
     years: tuple[int, ...] = Field(default=(), description="calendar years the labels cover")
     notes: str = Field(default="", description="free text: sampling, splits, augmentations")
 

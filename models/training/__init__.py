@@ -1,6 +1,7 @@
 """Training of the shipped models on synthetic worlds (never imported on the inference path).
 
 - `models.training.data`: worlds -> composites (inputs) + ground truth (labels), cached;
+- `models.training.labels`: user labels (raster COG / GeoParquet polygons) -> the same arrays;
 - `models.training.split`: validation split by area;
 - `models.training.augment`, `models.training.losses`, `models.training.metrics`;
 - `models.training.loop`: the generic training loop (early stopping, device, bf16);

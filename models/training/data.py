@@ -125,6 +125,22 @@ class WorldData:
     footprint_year: int
     recent: np.ndarray
     built10: np.ndarray
+    #: (y, x) bool on 30 m / on 10 m: pixels whose labels are known; None = every pixel (the
+    #: synthetic truth is complete). User labels (`models.training.labels`) leave gaps.
+    labelled30: np.ndarray | None = None
+    labelled10: np.ndarray | None = None
+
+    def label_mask30(self) -> np.ndarray:
+        """(y, x) bool on 30 m: True where the change / built-up labels are known."""
+        if self.labelled30 is None:
+            return np.ones(self.annual.shape[-2:], dtype=bool)
+        return self.labelled30
+
+    def label_mask10(self) -> np.ndarray:
+        """(y, x) bool on 10 m: True where the footprint label (`built10`) is known."""
+        if self.labelled10 is None:
+            return np.ones(self.built10.shape, dtype=bool)
+        return self.labelled10
 
     def year_index(self, year: int) -> int:
         if year not in self.years:

@@ -344,7 +344,7 @@ class _ChangeProblem(Problem):
                 before = _channels(w.annual[w.year_index(a)], 0)
                 after = _channels(w.annual[w.year_index(b)], 0)
                 label = w.change_label(a, b)
-                out.append((w.seed, (before, after), label, np.ones_like(label)))
+                out.append((w.seed, (before, after), label, w.label_mask30()))
         if not out:
             raise InputError(
                 f"no world covers the change pairs {self.settings.change_pairs}; "
@@ -365,7 +365,7 @@ class _FootprintProblem(Problem):
 
     def _raw(self) -> list[tuple[int, tuple[np.ndarray, ...], np.ndarray, np.ndarray]]:
         return [
-            (w.seed, (_channels(w.recent, 0),), w.built10, np.ones_like(w.built10))
+            (w.seed, (_channels(w.recent, 0),), w.built10, w.label_mask10())
             for w in self.worlds
         ]
 
@@ -387,7 +387,7 @@ class _DynamicsProblem(Problem):
         if len({w.years for w in self.worlds}) != 1:
             raise InputError("dynamics worlds must cover the same years.")
         return [
-            (w.seed, (_channels(w.annual, 1),), w.built_label(), np.ones(w.annual.shape[-2:], bool))
+            (w.seed, (_channels(w.annual, 1),), w.built_label(), w.label_mask30())
             for w in self.worlds
         ]
 
