@@ -5,7 +5,10 @@ eo stac serve DIR [--port P]                  serve it as a STAC API on 127.0.0.
 eo discover --aoi ... --start ... --end ...   list scenes from any STAC API
 eo demo                                       the main job on the embedded default
 eo train KIND [--seeds 1,2,3] [--output DIR]  train a model on synthetic worlds
+eo train KIND --labels FILE --label-years Y   ... or on your own labels (raster / GeoParquet)
 eo evaluate --seed N                          models vs baselines on an unseen world
+eo aoi add|list|remove|watch                  watched AOIs and one poll of them (flows/cli_aoi.py)
+eo serve [--name PATTERN] [--dry-run]         serve deployments/prefect.yaml (flows/serve.py)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_aoi import aoi_app
 from flows.cli_run import run_app
 from tasks.errors import PipelineError
 from tasks.settings import get_settings
@@ -38,6 +42,7 @@ stac_app = typer.Typer(help="The local STAC API.", no_args_is_help=True)
 app.add_typer(archive_app, name="archive")
 app.add_typer(stac_app, name="stac")
 app.add_typer(run_app, name="run")
+app.add_typer(aoi_app, name="aoi")
 
 console = Console()
 
@@ -294,18 +299,63 @@ def train_cmd(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Initialisation / sampling seed.")] = 0,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Train on your labels: a raster (.tif) or GeoParquet (.parquet)."),
+    ] = None,
+    label_years: Annotated[
+        str | None,
+        typer.Option(help="Years of the labels: footprint Y, change BEFORE-AFTER, dynamics A-B."),
+    ] = None,
+    aoi: Annotated[
+        str | None, typer.Option(help="AOI of the labels (w,s,e,n or GeoJSON); default extent.")
+    ] = None,
+    stac_url: Annotated[
+        str | None, typer.Option(help="STAC API of the imagery (default EO_STAC_API_URL).")
+    ] = None,
+    collections: Annotated[
+        str | None, typer.Option(help="STAC collections, comma-separated (default per kind).")
+    ] = None,
+    val_edge: Annotated[
+        str | None, typer.Option(help="AOI edge held out for validation: top/bottom/left/right.")
+    ] = None,
+    add_synthetic: Annotated[
+        bool, typer.Option(help="With --labels: train on the synthetic worlds as well.")
+    ] = False,
 ) -> None:
-    """Train one model on synthetic worlds and write <name>.pt + <name>.json (spec, sha256)."""
+    """Train one model on synthetic worlds (or your labels) and write <name>.pt + <name>.json."""
     from pydantic import ValidationError
 
     from flows.train import TrainParams, train
 
+    label_source: dict[str, object] | None = None
+    if labels is not None:
+        years = _year_range(label_years, "--label-years") if label_years else None
+        if kind == "footprint" and years is not None and years[0] != years[1]:
+            raise typer.BadParameter(
+                f"{label_years!r}: footprint labels show one year, e.g. 2023",
+                param_hint="--label-years",
+            )
+        keys = {"footprint": ("year", None), "change": ("before", "after")}
+        first, last = keys.get(kind, ("first_year", "last_year"))
+        label_source = {
+            "path": labels,
+            "aoi": aoi,
+            "stac_api_url": stac_url,
+            "collections": collections.split(",") if collections else None,
+            "val_edge": val_edge,
+            first: None if years is None else years[0],
+        }
+        if last is not None:
+            label_source[last] = None if years is None else years[1]
     try:
         params = TrainParams.model_validate(
             {
                 "kind": kind,
                 "world_seeds": _seed_list(seeds),
                 "world": "tiny" if tiny else "demo",
+                "labels": label_source,
+                "add_synthetic": add_synthetic,
                 "epochs": epochs,
                 "steps": steps,
                 "change_pairs": _pairs(change_pairs),
@@ -329,6 +379,7 @@ def train_cmd(
         table.add_row(k, f"{v:.4g}")
     console.print(table)
     console.print(f"weights: {summary.weights}\nsha256:  {summary.sha256}")
+    console.print(f"trained on {summary.training_data}")
 
 
 @app.command("evaluate")
@@ -366,6 +417,51 @@ def evaluate_cmd(
     console.print(table)
     for k, v in result.models.items():
         console.print(f"{k}: {v}")
+
+
+@app.command("serve")
+def serve_cmd(
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", "-n", help="Only flow/deployment names like 'monitor/*'."),
+    ] = None,
+    prefect_file: Annotated[
+        Path | None, typer.Option(help="Prefect project file (default deployments/prefect.yaml).")
+    ] = None,
+    port: Annotated[
+        int, typer.Option(help="Port of the Prefect server started if PREFECT_API_URL is unset.")
+    ] = 4200,
+    limit: Annotated[int | None, typer.Option(help="Most flow runs at a time.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the deployments (defaults validated); exit.")
+    ] = False,
+) -> None:
+    """Serve the deployments of deployments/prefect.yaml from this process until Ctrl-C.
+
+    Starts what the embedded default lacks: a Prefect server on 127.0.0.1 (UI, scheduler, event
+    triggers) when PREFECT_API_URL is unset, and the demo archive's STAC API when EO_STAC_API_URL
+    is unset.
+    """
+    from flows.serve import DEFAULT_PREFECT_FILE, build_deployments, load_specs, serve_project
+
+    path = prefect_file or DEFAULT_PREFECT_FILE
+    try:
+        if not dry_run:
+            serve_project(path, names=name or (), server_port=port, limit=limit, announce=print)
+            return
+        deployments = build_deployments(load_specs(path), names=name or ())
+    except PipelineError as err:
+        _fail(err)
+        return
+    print(f"{len(deployments)} deployment(s) in {path}:")
+    for d in deployments:
+        when = [
+            str(getattr(s.schedule, "cron", None) or getattr(s.schedule, "interval", ""))
+            for s in d.schedules or []
+        ]
+        when += [f"on {', '.join(sorted(getattr(t, 'expect', ())))}" for t in d.triggers]
+        print(f"{d.flow_name}/{d.name}  [{'; '.join(when) or 'on demand'}]  {d.entrypoint}")
+        print(f"    parameters: {json.dumps(d.parameters)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,7 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from tasks.errors import InputError
+from tasks.settings import Settings, get_settings
 
 __all__ = [
     "MAX_AOI_KM2",
@@ -35,16 +36,21 @@ __all__ = [
 
 AoiLike: TypeAlias = str | Sequence[float] | Mapping[str, Any] | BaseGeometry
 
-#: Largest AOI accepted without an explicit override (km²). One Sentinel-2 tile is ~12 000 km².
-MAX_AOI_KM2 = 50_000.0
+#: Default of the largest AOI accepted (km²), ``EO_MAX_AOI_KM2``
+#: (`tasks.settings.Settings.max_aoi_km2`). One Sentinel-2 tile is ~12 000 km².
+MAX_AOI_KM2: float = Settings.model_fields["max_aoi_km2"].default
 
 
-def parse_aoi(aoi: AoiLike, *, field: str = "aoi", max_km2: float = MAX_AOI_KM2) -> BaseGeometry:
+def parse_aoi(aoi: AoiLike, *, field: str = "aoi", max_km2: float | None = None) -> BaseGeometry:
     """Return the AOI as a valid shapely (Multi)Polygon in EPSG:4326.
 
     Raises `InputError` naming `field` when the AOI is malformed, empty, self-intersecting,
-    outside longitude/latitude bounds or larger than `max_km2`.
+    outside longitude/latitude bounds or larger than `max_km2` (default ``EO_MAX_AOI_KM2``);
+    the messages name the allowed range.
     """
+    limit_name = "max_km2"
+    if max_km2 is None:
+        max_km2, limit_name = get_settings().max_aoi_km2, "EO_MAX_AOI_KM2"
     geom = _to_geometry(aoi, field)
     if geom.is_empty:
         raise InputError(f"{field}: the geometry is empty; give a polygon or a bbox with area.")
@@ -65,12 +71,14 @@ def parse_aoi(aoi: AoiLike, *, field: str = "aoi", max_km2: float = MAX_AOI_KM2)
             f"got bounds {geom.bounds}; reproject the AOI to WGS84."
         )
     area_km2 = _geodesic_area_km2(geom)
+    allowed = f"allowed: 0 < area <= {max_km2:,.0f} km² ({limit_name})"
     if area_km2 <= 0:
-        raise InputError(f"{field}: the polygon has zero area.")
+        raise InputError(f"{field}: the polygon has zero area; {allowed}.")
     if area_km2 > max_km2:
         raise InputError(
-            f"{field}: the AOI covers {area_km2:,.0f} km², over the limit of {max_km2:,.0f} km²; "
-            "split it into smaller AOIs."
+            f"{field}: the AOI covers {area_km2:,.0f} km², over the limit {limit_name} = "
+            f"{max_km2:,.0f} km²; {allowed}. Split it into smaller AOIs"
+            + (", or raise EO_MAX_AOI_KM2." if limit_name == "EO_MAX_AOI_KM2" else ".")
         )
     return geom
 

@@ -30,21 +30,33 @@ fields invents codes that mean something else). Reflectance uses ``resampling`` 
 exact DNs on a native grid, and files without a GeoTIFF nodata tag never blend their nodata 0 into
 valid pixels). stackstac takes one resampling per call, so reflectance and masks are stacked
 separately on the same grid and concatenated along ``band``.
+
+Pre-flight (`check_scenes`): stackstac reads lazily, so a missing, truncated or non-TIFF asset
+would only fail the whole computation, long after the load. `check_scenes` opens every asset a
+load would read, in parallel threads, before anything is computed, and splits the scenes into
+usable ones and `RejectedScene` records (id + reason, also logged): the run goes on with the
+rest. Throttling and 5xx answers are not a reason to drop a scene: they raise `TransientIOError`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
 import dask.array
 import numpy as np
 import pandas as pd
+import rasterio
 import stackstac
 import xarray as xr
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from stackstac.rio_reader import AutoParallelRioReader
 
@@ -56,12 +68,24 @@ from tasks.sensors import (
     MASK_BANDS,
     PROFILES,
     ResolvedItem,
+    check_item,
     collection_family,
     normalize_item,
     resolve_item,
 )
+from tasks.storage import gdal_env, gdal_session, redact
 
-__all__ = ["MAX_RESOLUTION_M", "MIN_RESOLUTION_M", "SAME_ACQUISITION_S", "default_grid", "load"]
+__all__ = [
+    "MAX_RESOLUTION_M",
+    "MIN_RESOLUTION_M",
+    "SAME_ACQUISITION_S",
+    "RejectedScene",
+    "check_scenes",
+    "default_grid",
+    "load",
+]
+
+log = logging.getLogger(__name__)
 
 #: Items of one platform closer in time than this are one acquisition (tiles of one datatake).
 SAME_ACQUISITION_S = 60.0
@@ -201,6 +225,109 @@ def _mosaic_acquisitions(
     return xr.concat(slices, dim="time", coords=per_time, compat="equals", join="exact")
 
 
+@dataclass(frozen=True)
+class RejectedScene:
+    """A scene left out of a run and why: for the log, the run report and product provenance."""
+
+    id: str
+    collection: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "collection": self.collection, "reason": self.reason}
+
+
+#: GeoTIFF drivers (GDAL names a COG opened for reading ``GTiff``).
+_TIFF_DRIVERS = frozenset({"GTiff", "COG"})
+
+
+def check_scenes(
+    scenes: Sequence[SceneRef],
+    *,
+    bands: Sequence[str] | None = None,
+    with_mask: bool = True,
+    max_workers: int = 8,
+) -> tuple[list[SceneRef], list[RejectedScene]]:
+    """Pre-flight of `load`: the scenes whose assets can all be read, and the others with why.
+
+    For each scene the Item is checked (`tasks.sensors.check_item`), then every asset `load`
+    would read (`bands`, default all reflectance bands of the scene's sensor, and the mask band
+    when `with_mask`) is opened with rasterio: it must be a GeoTIFF with a CRS and at least one
+    pixel, and the last internal block of its last band must be readable. In a COG that block
+    lies at the end of the file (full-resolution tiles are written after the overviews), so a
+    truncated download or upload fails here. Assets are checked in up to `max_workers` threads
+    (I/O bound: GDAL releases the GIL).
+
+    Returns ``(usable scenes in input order, rejected scenes)``; each rejection is logged with
+    the scene id and reason. Raises `TransientIOError` when an asset's server answers 429/5xx or
+    times out (a retry of the task may succeed; dropping the scene would change the product).
+    """
+    if isinstance(bands, str):
+        bands = [bands]
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        raise InputError(
+            f"max_workers: expected a positive number of threads, got {max_workers!r}."
+        )
+    wanted = None if bands is None else set(bands)
+    reasons: dict[int, str] = {}
+    jobs: list[tuple[int, str]] = []
+    for i, scene in enumerate(scenes):
+        try:
+            resolved = check_item(scene.item)
+        except SceneRejectedError as err:
+            reasons[i] = str(err)
+            continue
+        hrefs = [b.href for name, b in resolved.bands.items() if wanted is None or name in wanted]
+        if with_mask and resolved.mask is not None:
+            hrefs.append(resolved.mask.href)
+        jobs.extend((i, href) for href in dict.fromkeys(hrefs))
+    # A PNG or JPEG has no geotransform: rasterio warns when opening it, and the check below
+    # rejects it anyway. Warning filters are process-wide: set once around all the threads.
+    with (
+        warnings.catch_warnings(),
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="eo-check") as pool,
+    ):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        results = list(pool.map(lambda job: _asset_problem(job[1]), jobs))
+    for (i, _), problem in zip(jobs, results, strict=True):
+        if problem is not None and i not in reasons:
+            reasons[i] = problem
+    good = [s for i, s in enumerate(scenes) if i not in reasons]
+    rejected = [
+        RejectedScene(scenes[i].id, scenes[i].collection, reasons[i]) for i in sorted(reasons)
+    ]
+    for r in rejected:
+        log.warning("scene %s rejected: %s", r.id, r.reason)
+    if rejected:
+        log.info("pre-flight: %d scene(s) usable, %d rejected", len(good), len(rejected))
+    return good, rejected
+
+
+def _asset_problem(href: str) -> str | None:
+    """Why the asset at `href` cannot be loaded, or None; raises `TransientIOError` for 5xx."""
+    try:
+        with gdal_env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(href) as ds:
+            if ds.driver not in _TIFF_DRIVERS:
+                return f"{href} is not a GeoTIFF (GDAL reads it as {ds.driver})."
+            if ds.width < 1 or ds.height < 1 or ds.count < 1:
+                return f"{href} has no pixels ({ds.count} band(s) of {ds.height}x{ds.width})."
+            if ds.crs is None:
+                return f"{href} has no CRS; the scene cannot be placed on the grid."
+            block_rows, block_cols = ds.block_shapes[-1]
+            last = ds.block_window(
+                ds.count, (ds.height - 1) // block_rows, (ds.width - 1) // block_cols
+            )
+            ds.read(ds.count, window=last)
+    except RasterioError as err:
+        detail = f"{err}; cause: {err.__cause__}" if err.__cause__ else str(err)
+        if _TRANSIENT.search(detail):
+            raise TransientIOError(
+                redact(f"reading {href} failed, worth a retry: {detail}")
+            ) from err
+        return redact(f"cannot read {href}: {detail[:300]} (missing, truncated or corrupt).")
+    return None
+
+
 def default_grid(aoi: AoiLike, collections: Sequence[str]) -> GridSpec:
     """The grid to load `collections` over `aoi` on: the AOI's UTM zone, 10 m if any collection is
     Sentinel-2 (its finest bands) else 30 m (Landsat), bounds snapped to whole pixels."""
@@ -327,7 +454,19 @@ def _stack(
         properties=False,
         band_coords=False,
         reader=_ReportingReader,
+        **_gdal_session_env(),
     )
+
+
+def _gdal_session_env() -> dict[str, Any]:
+    """stackstac's GDAL environment with the S3 credentials of ``EO_S3_SECRET_BLOCK``, if set
+    (the session pickles, so dask workers get it too); empty: stackstac's default."""
+    session = gdal_session()
+    if session is None:
+        return {}
+    from stackstac.rio_reader import DEFAULT_GDAL_ENV
+
+    return {"gdal_env": DEFAULT_GDAL_ENV.updated(always={"session": session})}
 
 
 #: Read failures worth retrying (GDAL's messages for HTTP throttling/5xx, timeouts, resets).

@@ -340,7 +340,7 @@ def _tile_path(
     return cache_dir / "tiles" / key / f"{tile.name}.tif"
 
 
-def _write_tile(path: Path, bands: dict[str, np.ndarray], grid: GridSpec) -> None:
+def _write_tile(path: Path, bands: dict[str, np.ndarray], grid: GridSpec, *, method: str) -> None:
     """Write `bands` on `grid` as a float32 GeoTIFF, atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -361,6 +361,7 @@ def _write_tile(path: Path, bands: dict[str, np.ndarray], grid: GridSpec) -> Non
             for i, (name, values) in enumerate(bands.items(), start=1):
                 dst.write(values.astype(np.float32, copy=False), i)
                 dst.set_band_description(i, name)
+            dst.update_tags(method=method)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -395,6 +396,19 @@ def make_tile_product(
     `ref`: composites whose grid holds ``tile.outer_grid`` on the same pixel grid: the tile's
     own (as the flows make them) or the whole grid's.
     """
+    path = _tile_path(
+        kind,
+        ref,
+        tile,
+        model=model,
+        threshold=threshold,
+        period=period,
+        cache_dir=Path(cache_dir or get_settings().cache_dir),
+    )
+    done = _read_tile_header(path, tile.core_grid)
+    if done is not None:  # a rerun of the same inputs: the keyed file is complete, reuse it
+        names, method = done
+        return TileProduct(str(path), tile, names, method, ref)
     ds = product_dataset(
         kind,
         ref,
@@ -405,17 +419,28 @@ def make_tile_product(
         grid=tile.outer_grid,
     )
     bands = {str(k): crop_core(np.asarray(ds[k].values, dtype=np.float32), tile) for k in ds}
-    path = _tile_path(
-        kind,
-        ref,
-        tile,
-        model=model,
-        threshold=threshold,
-        period=period,
-        cache_dir=Path(cache_dir or get_settings().cache_dir),
-    )
-    _write_tile(path, bands, tile.core_grid)
-    return TileProduct(str(path), tile, tuple(bands), str(ds.attrs["method"]), ref)
+    method = str(ds.attrs["method"])
+    _write_tile(path, bands, tile.core_grid, method=method)
+    return TileProduct(str(path), tile, tuple(bands), method, ref)
+
+
+def _read_tile_header(path: Path, grid: GridSpec) -> tuple[tuple[str, ...], str] | None:
+    """(band names, method) of a complete tile file on `grid`, or None (absent or not ours).
+
+    Tile files are written atomically (temporary name, then rename), so one that exists with
+    the expected shape and tags is complete.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with rasterio.open(path) as src:
+            method = src.tags().get("method")
+            names = tuple(str(d) for d in src.descriptions)
+            if method is None or (src.height, src.width) != grid.shape or None in src.descriptions:
+                return None
+            return names, method
+    except rasterio.errors.RasterioIOError:
+        return None
 
 
 def _backdrop(kind: str, parts: Sequence[TileProduct], period: str | None) -> np.ndarray:

@@ -26,7 +26,13 @@ weights sha256, parameters, period), so the same inputs always give the same key
    products) and removes the staging folder.
 
 A crash anywhere before step 5 leaves no visible product; the next publish of the same inputs
-cleans the staging leftovers and completes it.
+cleans the staging leftovers and completes it. A failure that Python sees (the object store
+failing after its bounded retries, `tasks.storage`) also rolls back: the files already moved
+into ``<collection>/<id>/`` and the staging folder are removed (best effort, unless the Item
+did get written), so nothing of the product is left under the prefix. A process killed outright
+(SIGKILL, out of memory) cannot roll back: the next publish of that id removes its remote
+staging folder, and any publish removes the local working folders (``eo-publish-<pid>-*`` in the
+temporary directory) of processes that no longer run.
 
 **Rasters.** One COG per product (rio-cogeo, DEFLATE, internal tiles, overviews with nearest
 resampling so binary maps, years and counts keep their values), float32, ``nodata`` -9999 where
@@ -40,9 +46,13 @@ import hashlib
 import json
 import logging
 import math
+import os
+import re
+import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -448,6 +458,67 @@ def _clean_staging(store: ObjectStore, pid: str) -> None:
             store.remove(store.path(_TMP, name), recursive=True)
 
 
+_LOCAL_PREFIX = "eo-publish-"
+_LOCAL_NAME = re.compile(rf"{_LOCAL_PREFIX}(\d+)-.+")
+
+
+@contextmanager
+def _local_workdir() -> Iterator[Path]:
+    """A local temporary folder ``eo-publish-<pid>-<random>`` for the files of one publish.
+
+    The pid in the name lets a later publish on the same host recognise the folders of a process
+    that was killed before it could remove them (`_remove_dead_workdirs`).
+    """
+    _remove_dead_workdirs()
+    with tempfile.TemporaryDirectory(prefix=f"{_LOCAL_PREFIX}{os.getpid()}-") as tmp:
+        yield Path(tmp)
+
+
+def _remove_dead_workdirs() -> None:
+    """Remove ``eo-publish-<pid>-*`` folders whose process no longer runs on this host.
+
+    Processes that share one temporary directory must share a PID namespace (one host, or one
+    container); a folder whose pid is alive, or not ours to signal, is left alone.
+    """
+    for folder in Path(tempfile.gettempdir()).glob(f"{_LOCAL_PREFIX}*"):
+        m = _LOCAL_NAME.fullmatch(folder.name)
+        if m is None or not folder.is_dir() or _pid_alive(int(m.group(1))):
+            continue
+        log.info("removing the local leftovers of a killed publish: %s", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence and permission check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _roll_back(store: ObjectStore, item_path: str, moved: Sequence[str], staging: str) -> None:
+    """After a failed publish: remove the files it moved into the product folder and its staging.
+
+    Skipped when the Item exists after all (a commit whose answer was lost: the product is
+    complete). Best effort: when the store is down this fails too; it is logged and the next
+    publish of the same inputs replaces the files.
+    """
+    try:
+        if store.exists(item_path):
+            return
+        for path in moved:
+            store.remove(path)
+        store.remove(staging, recursive=True)
+    except (PipelineError, OSError) as err:
+        log.warning(
+            "publish failed and its partial files could not be removed (%s); they are not "
+            "visible as a product, and the next publish of the same inputs replaces them",
+            err,
+        )
+
+
 def publish_product(
     kind: ProductKind,
     rasters: Mapping[str, np.ndarray],
@@ -519,9 +590,59 @@ def publish_product(
     # 2. leftovers of an interrupted publish of this id
     _clean_staging(store, pid)
     staging = store.path(_TMP, f"{pid}-{uuid.uuid4().hex}")
+    moved: list[str] = []
+    try:
+        item = _stage_and_commit(
+            store,
+            kind,
+            rasters,
+            vectors,
+            grid=grid,
+            pid=pid,
+            coll=coll,
+            staging=staging,
+            moved=moved,
+            ids=ids,
+            derived=derived,
+            model_name=model_name,
+            model_sha=model_sha,
+            params_json=params_json,
+            period=(start_iso, end_iso),
+            blocksize=blocksize,
+        )
+    except BaseException:  # re-raised: the rollback only removes what this publish wrote
+        _roll_back(store, item_path, moved, staging)
+        raise
 
-    with tempfile.TemporaryDirectory(prefix="eo-publish-") as tmp:
-        local = Path(tmp)
+    # 6. derived listings, then clean up
+    _ensure_indexed(store, coll, kind, item, force=True)
+    store.remove(staging, recursive=True)
+    return _ref(store, item, coll, skipped=False)
+
+
+def _stage_and_commit(
+    store: ObjectStore,
+    kind: str,
+    rasters: Mapping[str, np.ndarray],
+    vectors: gpd.GeoDataFrame | None,
+    *,
+    grid: GridSpec,
+    pid: str,
+    coll: str,
+    staging: str,
+    moved: list[str],
+    ids: list[str],
+    derived: list[dict[str, Any]],
+    model_name: str,
+    model_sha: str | None,
+    params_json: Any,
+    period: tuple[str, str],
+    blocksize: int,
+) -> dict[str, Any]:
+    """Steps 3-5 of the protocol; appends to `moved` each file moved into the product folder."""
+    folder = store.path(coll, pid)
+    start_iso, end_iso = period
+    with _local_workdir() as local:
         files: dict[str, Path] = {"data": local / f"{pid}.tif"}
         raster_bands = write_product_cog(rasters, grid, files["data"], blocksize=blocksize)
         if vectors is not None:
@@ -542,6 +663,7 @@ def publish_product(
         # 4. move into place
         for p in files.values():
             store.move(f"{staging}/{p.name}", f"{folder}/{p.name}")
+            moved.append(f"{folder}/{p.name}")
 
     # 5. the Item, last
     geometry = grid.to_geojson()
@@ -599,12 +721,8 @@ def publish_product(
         ],
         "assets": assets,
     }
-    _write_item(store, item_path, item, staging)
-
-    # 6. derived listings, then clean up
-    _ensure_indexed(store, coll, kind, item, force=True)
-    store.remove(staging, recursive=True)
-    return _ref(store, item, coll, skipped=False)
+    _write_item(store, store.path(coll, pid, _ITEM), item, staging)
+    return item
 
 
 def _write_item(store: ObjectStore, path: str, item: Mapping[str, Any], staging: str) -> None:
@@ -629,6 +747,7 @@ def _ensure_indexed(
         kept.sort(key=lambda e: (str(e.get("collection")), str(e.get("id"))))
         body = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept)
         store.write_atomic(index_path, body.encode(), tmp_dir=staging)
+    _reconcile_index(store, staging)
 
     coll_path = store.path(coll, _COLLECTION)
     if store.exists(coll_path):
@@ -640,6 +759,41 @@ def _ensure_indexed(
         new = _collection_dict(coll, kind, item)
         store.write_atomic(coll_path, json.dumps(new, indent=2).encode(), tmp_dir=staging)
     store.remove(staging, recursive=True)
+
+
+def _reconcile_index(store: ObjectStore, staging: str, *, attempts: int = 8) -> None:
+    """Add to ``index.ndjson`` every committed Item it lacks.
+
+    Concurrent publishes each rewrite the index from what they read, so one that read before
+    another's write drops that entry (a lost update: object stores have no lock, and conditional
+    writes are not portable across S3-compatible stores). Every publisher therefore checks after
+    its own write that the index lists every committed Item (the ``item.json`` commit markers)
+    and adds the missing ones. The last write is followed by its writer's check, which comes
+    after every commit, so the index converges to the Items. Cost: one listing per publish.
+    """
+    index_path = store.path(_INDEX)
+    pattern = store.path("*", "*", _ITEM)
+    for _ in range(attempts):
+        raw = store.read_bytes(index_path).decode() if store.exists(index_path) else ""
+        entries = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        listed = {(str(e.get("collection")), safe_name(str(e.get("id")))) for e in entries}
+        missing = []
+        for path in store.glob(pattern):
+            rel = path[len(store.root) + 1 :]
+            if rel.startswith("."):  # the staging area is never a collection
+                continue
+            coll, pid = rel.split("/")[-3:-1]
+            if (coll, pid) not in listed:
+                missing.append(json.loads(store.read_bytes(path)))
+        if not missing:
+            return
+        entries.extend(missing)
+        entries.sort(key=lambda e: (str(e.get("collection")), str(e.get("id"))))
+        body = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
+        store.write_atomic(index_path, body.encode(), tmp_dir=staging)
+    log.warning(
+        "index.ndjson still lags the Items after %d rewrites; run rebuild_index()", attempts
+    )
 
 
 def list_products(

@@ -34,11 +34,18 @@ import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urljoin, urlparse
 
-from tasks.errors import InputError
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+from shapely.errors import GEOSException
+from shapely.geometry import shape
+
+from tasks.errors import InputError, SceneRejectedError
 
 __all__ = [
     "CANONICAL_BANDS",
@@ -50,6 +57,7 @@ __all__ = [
     "Family",
     "ResolvedBand",
     "ResolvedItem",
+    "check_item",
     "collection_family",
     "normalize_item",
     "resolve_item",
@@ -445,6 +453,106 @@ def normalize_item(item: Mapping[str, Any]) -> dict[str, Any]:
         new_assets[band.name] = asset
     out["assets"] = new_assets
     return out
+
+
+def check_item(item: Mapping[str, Any]) -> ResolvedItem:
+    """Resolve `item` after checking that it is usable; raise `SceneRejectedError` otherwise.
+
+    Catalogs do publish broken Items (a missing footprint, no assets, a null datetime, a
+    projection code that is no code). One such item must not stop a search or a load: callers
+    skip it and log the reason, which names the field. Checked:
+
+    - ``id``: a non-empty string; ``geometry``: a non-empty GeoJSON geometry;
+    - ``properties.datetime`` (or ``start_datetime``): an ISO 8601 datetime;
+    - the projection fields, where present (item and assets): ``proj:epsg`` an integer EPSG code
+      and ``proj:code`` ``"EPSG:<n>"`` that pyproj knows, ``proj:shape`` two positive integers,
+      ``proj:transform`` 6 or 9 numbers;
+    - ``assets``: the collection profile resolves (`resolve_item`) and every band of its table
+      and the mask band have an asset with an ``href``.
+    """
+    item_id = item.get("id") if isinstance(item, Mapping) else None
+    if not isinstance(item_id, str) or not item_id.strip():
+        raise SceneRejectedError(f"STAC item without an id ({str(item)[:80]}...)")
+
+    def reject(reason: str) -> SceneRejectedError:
+        return SceneRejectedError(f"STAC item {item_id!r}: {reason}")
+
+    geometry = item.get("geometry")
+    if not isinstance(geometry, Mapping):
+        raise reject("no geometry (footprint); the catalog item is incomplete.")
+    try:
+        if shape(geometry).is_empty:
+            raise reject("empty geometry (footprint).")
+    except (GEOSException, ValueError, TypeError, KeyError, AttributeError, IndexError) as err:
+        raise reject(f"geometry is not valid GeoJSON ({err}).") from err
+    props = item.get("properties")
+    if not isinstance(props, Mapping):
+        raise reject("no properties.")
+    when = props.get("datetime") or props.get("start_datetime")
+    try:
+        datetime.fromisoformat(str(when).replace("Z", "+00:00"))
+    except ValueError:
+        raise reject(f"properties.datetime {when!r} is not an ISO 8601 datetime.") from None
+    assets = item.get("assets")
+    if not isinstance(assets, Mapping) or not assets:
+        raise reject("no assets.")
+    for where, obj in [("properties", props), *((f"assets.{k}", a) for k, a in assets.items())]:
+        if isinstance(obj, Mapping):
+            problem = _proj_problem(obj)
+            if problem:
+                raise reject(f"{where}.{problem}")
+    try:
+        resolved = resolve_item(item)
+    except (InputError, KeyError, TypeError, ValueError) as err:
+        raise reject(str(err)) from err
+    lacking = [*resolved.missing, *(() if resolved.mask else (MASK_BANDS[resolved.family],))]
+    if lacking:
+        raise reject(f"assets: no asset for {lacking} ({resolved.catalog} {resolved.collection}).")
+    empty = [b.asset_key for b in resolved.all_bands() if not b.href]
+    if empty:
+        raise reject(f"assets {empty} have no href.")
+    return resolved
+
+
+def _proj_problem(obj: Mapping[str, Any]) -> str | None:
+    """What is wrong with the projection fields of an item's properties or an asset, or None."""
+    epsg = obj.get("proj:epsg")
+    if epsg is not None:
+        if isinstance(epsg, bool) or not isinstance(epsg, int | float) or epsg != int(epsg):
+            return f"proj:epsg {epsg!r} is not an integer EPSG code."
+        if not _known_epsg(int(epsg)):
+            return f"proj:epsg {epsg!r} is not a known EPSG code."
+    code = obj.get("proj:code")
+    if code is not None:
+        m = re.fullmatch(r"\s*EPSG:(\d+)\s*", str(code), flags=re.IGNORECASE)
+        if m is None:
+            return f"proj:code {code!r} is not an EPSG code (EPSG:<n>)."
+        if not _known_epsg(int(m.group(1))):
+            return f"proj:code {code!r} is not a known EPSG code."
+    shp = obj.get("proj:shape")
+    if shp is not None and not (
+        isinstance(shp, list | tuple)
+        and len(shp) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shp)
+    ):
+        return f"proj:shape {shp!r} is not two positive integers (rows, columns)."
+    tr = obj.get("proj:transform")
+    if tr is not None and not (
+        isinstance(tr, list | tuple)
+        and len(tr) in (6, 9)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in tr)
+    ):
+        return f"proj:transform {tr!r} is not 6 or 9 numbers (an affine transform)."
+    return None
+
+
+@lru_cache(maxsize=256)
+def _known_epsg(code: int) -> bool:
+    try:
+        CRS.from_epsg(code)
+    except CRSError:
+        return False
+    return True
 
 
 # ---- private helpers -------------------------------------------------------------------------

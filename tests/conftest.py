@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,65 @@ def tiny_stac(tiny_archive: ArchiveInfo) -> Iterator[StacServer]:
     """A real STAC API (`rustac serve` on 127.0.0.1) over the tiny archive."""
     with serve_stac(stac_files(tiny_archive.root)) as server:
         yield server
+
+
+# ---- a moto S3 server on 127.0.0.1 (flow tests of publishing, the fault suite) -------------------
+#: The bucket `s3_server` creates.
+S3_BUCKET = "eo-products"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running moto S3 server: its endpoint URL and port."""
+
+    endpoint_url: str
+    port: int
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """A moto S3 server on a free port with bucket `S3_BUCKET`, empty at the start; AWS, GDAL
+    /vsis3/ and ``EO_S3_ENDPOINT_URL`` environment set for this test."""
+    import httpx
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from tasks.settings import get_settings
+    from tasks.stac_server import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # GDAL /vsis3/ against moto (NOTES.md: S3 with moto server)
+        "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+        "EO_S3_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        # moto keeps its buckets in process-wide state, shared by every server it starts
+        httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+        fs.mkdir(S3_BUCKET)
+        yield S3Server(endpoint_url=endpoint, port=port)
+    finally:
+        server.stop()
+        get_settings.cache_clear()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect API (SQLite) for the flows run by the tests of this session: one
+    for all tiers (it costs ~10-20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -3,65 +3,19 @@
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import geopandas as gpd
 import pytest
 import rasterio
 import s3fs
-from moto.server import ThreadedMotoServer
 from rio_cogeo.cogeo import cog_validate
 
 from tasks.publish import list_products
+from tests.conftest import S3_BUCKET, S3Server
 from tests.unit.test_publish import SCENES, publish_change, stac_validator
 
-BUCKET = "eo-products"
-
-
-@dataclass(frozen=True)
-class S3Server:
-    endpoint_url: str
-    port: int
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
-    """A moto S3 server on a free port with bucket `BUCKET`; AWS/GDAL env set for this test."""
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        # GDAL /vsis3/ against moto (NOTES.md: S3 with moto server)
-        "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",
-        "AWS_HTTPS": "NO",
-        "AWS_VIRTUAL_HOSTING": "FALSE",
-        "EO_S3_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(key, value)
-    from tasks.settings import get_settings
-
-    get_settings.cache_clear()
-    try:
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
-        fs.mkdir(BUCKET)
-        yield S3Server(endpoint_url=endpoint, port=port)
-    finally:
-        server.stop()
-        get_settings.cache_clear()
-        s3fs.S3FileSystem.clear_instance_cache()
+BUCKET = S3_BUCKET
 
 
 def _objects(fs: s3fs.S3FileSystem, prefix: str) -> dict[str, tuple[Any, Any]]:
@@ -101,22 +55,3 @@ def test_publish_product_to_s3_readable_and_rerun_noop(s3_server: S3Server) -> N
     again = publish_change(url)
     assert again.skipped
     assert _objects(fs, f"{BUCKET}/runs/2026") == before  # same ETags and LastModified
-
-
-def test_publish_product_unreachable_endpoint_says_what_to_change(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from tasks.errors import ServiceUnavailableError
-    from tasks.settings import get_settings
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    monkeypatch.setenv("EO_S3_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing there
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(ServiceUnavailableError, match="EO_S3_ENDPOINT_URL"):
-            publish_change(f"s3://{BUCKET}/x")
-    finally:
-        get_settings.cache_clear()
-        s3fs.S3FileSystem.clear_instance_cache()
