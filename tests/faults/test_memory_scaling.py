@@ -73,9 +73,9 @@ def peak_bytes(scenes: list[SceneRef], grid: GridSpec, root: Path) -> tuple[int,
 
 @pytest.mark.xfail(
     strict=True,
-    reason="measured 4.5 -> 7.7 MiB (1.7x) for 10.6x the area: the publish step holds the whole "
-    "mosaic, its polygons and the COG in memory (tasks.products.publish_tiles); per-tile work is "
-    "bounded. Needs a windowed mosaic/COG writer and per-tile vectorization.",
+    reason="measured 4.5 -> 7.7 MiB (1.7x) for 10.6x the area; likely cause (not yet "
+    "profiled): publish holds the whole mosaic, its polygons and the COG in memory "
+    "(tasks.products.publish_tiles); a windowed mosaic/COG writer would bound it.",
 )
 def test_peak_memory_of_a_10x_larger_aoi_stays_within_1_5x(
     tiny_items: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
