@@ -17,10 +17,19 @@ from pydantic import BaseModel, Field
 from flows.train import WorldKind, ensure_world_task
 from tasks.errors import InputError
 
-__all__ = ["EvaluateParams", "EvaluateResult", "evaluate"]
+__all__ = ["EvaluateParams", "EvaluateResult", "evaluate", "training_seeds"]
 
-#: World seeds the shipped weights were trained on (`models/weights/*.json` name them too).
-TRAINING_SEEDS = frozenset({1, 2, 3})
+
+def training_seeds(weights_dir: str | None = None) -> frozenset[int]:
+    """World seeds any of the evaluated weights was trained on (their specs name them)."""
+    from models.registry import resolve
+    from models.training.recipes import MODEL_NAMES
+
+    return frozenset(
+        seed
+        for name in MODEL_NAMES.values()
+        for seed in resolve(name, extra_dir=weights_dir)[0].training_data.world_seeds
+    )
 
 
 class EvaluateParams(BaseModel):
@@ -66,11 +75,13 @@ def evaluate_task(root: str, params: EvaluateParams) -> EvaluateResult:
 @flow(name="evaluate", log_prints=True)
 def evaluate(params: EvaluateParams) -> EvaluateResult:
     """Build world `seed` and score the models against their baselines on it."""
-    if params.world == "demo" and params.seed in TRAINING_SEEDS and params.weights_dir is None:
-        raise InputError(
-            f"seed {params.seed} is a training world of the shipped weights "
-            f"({sorted(TRAINING_SEEDS)}); choose another seed."
-        )
+    if params.world == "demo" and params.weights_dir is None:
+        seen = training_seeds()
+        if params.seed in seen:
+            raise InputError(
+                f"seed {params.seed} is a training world of the shipped weights "
+                f"({sorted(seen)}); choose another seed."
+            )
     root = ensure_world_task(params.seed, world=params.world)
     result = evaluate_task(root, params)
     models = "\n".join(f"- {k}: {v}" for k, v in result.models.items())

@@ -670,7 +670,7 @@ def predict_dynamics(
     annual: xr.DataArray | xr.Dataset,
     *,
     tile: int = 128,
-    overlap: int = 0,
+    overlap: int | None = None,
     batch_size: int = 8,
     threshold: float = URBAN_THRESHOLD,
     device: str | torch.device | None = None,
@@ -690,10 +690,15 @@ def predict_dynamics(
     Returns ``probability`` and ``confidence`` ``(year, y, x)`` — P(built-up by that year),
     non-decreasing in time — ``urbanization_year`` (y, x) float32: the first year with
     ``probability >= threshold`` (the first year itself when already built then; NaN when not
-    built by the last year), and ``valid`` (at least one observed year). The model is per pixel,
-    so ``overlap=0`` by default.
+    built by the last year), and ``valid`` (at least one observed year).
+
+    `overlap` defaults to 4 x the model's spatial context (``context`` in the spec's kwargs:
+    pixels around each pixel that its input embedding reads; 0 for a per-pixel model, which
+    needs no overlap), the margin at which blended tiles equal one full-frame pass.
     """
     _check_task(spec, "dynamics")
+    if overlap is None:
+        overlap = 4 * int(spec.kwargs.get("context", 0))
     if not 0.0 < threshold < 1.0:
         raise InputError(f"threshold must be in (0, 1), got {threshold}.")
     da = _reflectance(annual, "annual")

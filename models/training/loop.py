@@ -1,11 +1,11 @@
 """The training loop: AdamW, early stopping on the validation loss, best weights kept.
 
 Task-agnostic: a caller gives a function that yields training batches for an epoch, one that
-yields validation batches, and a loss. A `Batch` is ``(inputs, target, mask, weight)``: the
-model is called as ``model(*inputs)``. Device ``auto`` picks CUDA when present; on CUDA the
-forward pass runs under ``torch.autocast`` with bfloat16 (Micikevicius et al. 2018 for mixed
-precision; bf16 needs no loss scaling), on CPU in float32. Seeds are fixed (`seed_everything`)
-so a run on CPU is repeatable.
+yields validation batches, and a loss. A `Batch` is ``(inputs, target, mask, weight,
+options)``: the model is called as ``model(*inputs, **options)``. Device ``auto`` picks CUDA
+when present; on CUDA the forward pass runs under ``torch.autocast`` with bfloat16
+(Micikevicius et al. 2018 for mixed precision; bf16 needs no loss scaling), on CPU in float32.
+Seeds are fixed (`seed_everything`) so a run on CPU is repeatable.
 """
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Batch:
-    """Model inputs, target, mask of labelled pixels, optional per-pixel weight (tensors)."""
+    """Model inputs, target, mask of labelled pixels, optional per-pixel weight (tensors), and
+    keyword options of the model call (``model(*inputs, **options)``, e.g. ``pad=False``)."""
 
     inputs: tuple[torch.Tensor, ...]
     target: torch.Tensor
     mask: torch.Tensor
     weight: torch.Tensor | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -54,7 +56,13 @@ class Batch:
             self.target.to(device),
             self.mask.to(device),
             None if self.weight is None else self.weight.to(device),
+            self.options,
         )
+
+    def run(self, model: nn.Module) -> torch.Tensor:
+        """The model's output on this batch."""
+        out: torch.Tensor = model(*self.inputs, **self.options)
+        return out
 
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
@@ -125,7 +133,7 @@ def evaluate_loss(
             n = float(b.mask.sum())
             if n == 0:
                 continue
-            total += float(loss_fn(model(*b.inputs), b)) * n
+            total += float(loss_fn(b.run(model), b)) * n
             weight += n
     return total / weight if weight else float("nan")
 
@@ -167,7 +175,7 @@ def fit(
                 continue
             opt.zero_grad(set_to_none=True)
             with autocast_for(device):
-                out = model(*b.inputs)
+                out = b.run(model)
             loss = loss_fn(out.float(), b)
             loss.backward()
             opt.step()

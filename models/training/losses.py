@@ -9,6 +9,11 @@
   `models.dynamics.cumulative_probability`) against the built-up label of every year: the
   discrete-time survival likelihood (Singer & Willett 1993) written per year, so one loss
   trains both when and whether a pixel urbanizes.
+- `year_nll`: negative log-likelihood of the observed year of urbanization (or "never") under
+  the categorical distribution the hazards define (`models.dynamics.year_log_probabilities`):
+  the full-information likelihood of a discrete-time event model (Singer & Willett 1993) for
+  exactly observed event times. It rewards putting the mass on the right year, not only on the
+  right side of it, which is what the year-of-urbanization product is judged on.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["positive_weight", "survival_bce", "weighted_bce_dice"]
+from models.dynamics import year_log_probabilities
+
+__all__ = ["positive_weight", "survival_bce", "weighted_bce_dice", "year_nll"]
 
 
 def positive_weight(labels: torch.Tensor | float, *, cap: float = 10.0) -> float:
@@ -71,3 +78,18 @@ def survival_bce(
     nll = -(y * log_p + (1 - y) * log_surv).mean(dim=1)  # (B, y, x)
     m = mask.float() if weight is None else mask.float() * weight
     return (nll * m).sum() / m.sum().clamp_min(1.0)
+
+
+def year_nll(hazard_logits: torch.Tensor, built: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean of ``-log p(year of urbanization)`` over pixels; `hazard_logits` and the
+    non-decreasing `built` (B, T, y, x), `mask` (B, y, x). The observed outcome is the first
+    year with ``built`` (index 0 when built from the start), or "never" when not built by the
+    last year. A pixel whose outcome has probability 0 by construction (the causal model puts
+    no mass on a missing year) is left out instead of giving an infinite loss."""
+    log_p = year_log_probabilities(hazard_logits, dim=1)  # (B, T + 1, y, x)
+    b = built.bool()
+    never = torch.full_like(b[:, 0], b.shape[1], dtype=torch.long)
+    outcome = torch.where(b.any(dim=1), b.long().argmax(dim=1), never)
+    nll = -log_p.gather(1, outcome[:, None])[:, 0]
+    m = mask.bool() & torch.isfinite(nll)
+    return torch.where(m, nll, torch.zeros_like(nll)).sum() / m.sum().clamp_min(1)

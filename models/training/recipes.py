@@ -1,9 +1,13 @@
 """Training recipes of the three shipped models: data -> patches -> `fit` -> calibration -> spec.
 
 - ``change``: FC-Siam-diff on two annual 30 m composites (years a < b); label: the majority
-  land cover of the 3x3 truth pixels differs;
+  land cover of the 3x3 truth pixels differs. Training patches come from the fixed
+  `CHANGE_PAIRS` and from random pairs (before year 1985-2015, after year 2016-2026), drawn in
+  proportion to the pixels observed on both dates; validation uses the fixed pairs;
 - ``footprint``: U-Net on the 10 m Sentinel-2 composite of the last year; label: built-up truth;
 - ``dynamics``: PixelGRU on every annual 30 m composite; label: built-up share >= 0.5, per year.
+  The shipped recipe: the bidirectional variant (a distribution over the year of urbanization)
+  with a 3x3 spatial context, loss `survival_bce` + `year_nll`, trained on square patches.
 
 Each world is split by area (`models.training.split`); the validation band of every world
 drives early stopping, the temperature fit (`models.calibration.fit_temperature`, Guo et al.
@@ -32,10 +36,10 @@ from models.dynamics import PixelGRU, cumulative_probability
 from models.features import input_channels
 from models.registry import save_weights
 from models.spec import TrainingData, WeightsSpec
-from models.training.augment import random_dihedral
+from models.training.augment import dihedral, random_dihedral
 from models.training.data import BANDS, WorldData
 from models.training.loop import Batch, FitConfig, FitResult, autocast_for, fit
-from models.training.losses import positive_weight, survival_bce, weighted_bce_dice
+from models.training.losses import positive_weight, survival_bce, weighted_bce_dice, year_nll
 from models.training.metrics import binary_scores, year_agreement
 from models.training.split import AreaSplit, Box, sample_windows, split_by_area
 from models.unet import UNet
@@ -76,13 +80,25 @@ CHANGE_PAIRS: tuple[tuple[int, int], ...] = tuple(
     (a, b) for a in (1988, 1994, 2000, 2006, 2012) for b in (2020, 2024)
 )
 
+#: Year ranges (first, last; inclusive) from which random change training pairs are drawn:
+#: the before year from the Landsat-only era, the after year recent — the model's intended use
+#: (model card). Every world year in range serves, so a patch sees one of ~340 pairs per world
+#: instead of the 10 fixed `CHANGE_PAIRS` (which stay the validation pairs).
+CHANGE_BEFORE_YEARS: tuple[int, int] = (1985, 2015)
+CHANGE_AFTER_YEARS: tuple[int, int] = (2016, 2026)
+
 
 @dataclass(frozen=True)
 class TrainSettings:
     """What to train and how. `patch`: side of training patches (pixels); `steps`: batches
-    per epoch; `model_kwargs`: constructor arguments of the architecture. Dynamics only:
+    per epoch; `model_kwargs`: constructor arguments of the architecture. Change only:
+    `change_pairs` (validation pairs, and training pairs) and `change_years` ((first, last)
+    before years, (first, last) after years: training patches also come from random pairs of
+    those ranges; None: the fixed pairs only). Dynamics only:
     `urbanizing_boost` (how much more often pixels that urbanize within the period are drawn)
-    and `year_dropout` (share of observed years hidden per sample, robustness to gaps)."""
+    `year_dropout` (share of observed years hidden per sample, robustness to gaps) and
+    `year_nll_weight` (weight of `year_nll`, the likelihood of the year of urbanization, added
+    to the per-year `survival_bce`)."""
 
     kind: Kind
     epochs: int = 30
@@ -97,8 +113,10 @@ class TrainSettings:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     max_seconds: float | None = None
     change_pairs: tuple[tuple[int, int], ...] = CHANGE_PAIRS
+    change_years: tuple[tuple[int, int], tuple[int, int]] | None = None
     urbanizing_boost: float = 4.0
     year_dropout: float = 0.1
+    year_nll_weight: float = 0.0
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -118,8 +136,9 @@ def default_settings(kind: Kind, **overrides: Any) -> TrainSettings:
             "patch": 32,
             "batch_size": 16,
             "steps": 32,
-            "epochs": 80,
-            "patience": 10,
+            "epochs": 120,
+            "patience": 15,
+            "change_years": (CHANGE_BEFORE_YEARS, CHANGE_AFTER_YEARS),
             "model_kwargs": {"base_width": 16, "depth": 3, "dropout": 0.1},
         },
         "footprint": {
@@ -129,16 +148,22 @@ def default_settings(kind: Kind, **overrides: Any) -> TrainSettings:
             "model_kwargs": {"base_width": 16, "depth": 3, "dropout": 0.1},
         },
         "dynamics": {
-            "patch": 1024,  # pixels per batch (the model has no spatial context)
+            "patch": 1024,  # pixels per batch, each drawn with its neighbourhood
             "batch_size": 1,
-            "steps": 30,
+            "steps": 20,
             "lr": 3e-3,
-            "epochs": 40,
+            "epochs": 36,
             "patience": 8,
             "urbanizing_boost": 8.0,
             "year_dropout": 0.05,
-            "max_seconds": 480.0,
-            "model_kwargs": {"hidden": 64, "num_layers": 1, "dropout": 0.1},
+            "year_nll_weight": 1.0,
+            "model_kwargs": {
+                "hidden": 64,
+                "num_layers": 2,
+                "dropout": 0.1,
+                "bidirectional": True,
+                "context": 1,
+            },
         },
     }
     if kind not in base:
@@ -305,7 +330,7 @@ class Problem:
         with torch.inference_mode(), autocast_for(device):
             for b in self.val_batches():
                 b = b.to(device)
-                z = model(*b.inputs).float()
+                z = b.run(model).float()
                 m = b.mask.bool()
                 zs.append(z[m].cpu().numpy())
                 ys.append(b.target[m].cpu().numpy())
@@ -352,6 +377,55 @@ class _ChangeProblem(Problem):
             )
         return out
 
+    def __init__(self, worlds: Sequence[WorldData], settings: TrainSettings) -> None:
+        super().__init__(worlds, settings)
+        # Random training pairs: every world's annual stack, normalised once ((T, C, y, x)
+        # float32 + observed (T, y, x)), its candidate (before, after) year indices — the fixed
+        # pairs it covers plus every pair of the `change_years` ranges — and their sampling
+        # probabilities: proportional to the training pixels observed on both dates, so that
+        # cloud-emptied years (no label can be scored there) are not drawn.
+        self.stacks: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pair_index: list[np.ndarray] = []
+        self.pair_p: list[np.ndarray] = []
+        if settings.change_years is None:
+            return
+        (b0, b1), (a0, a1) = settings.change_years
+        for w in self.worlds:
+            pairs = {(a, b) for a, b in settings.change_pairs if a in w.years and b in w.years}
+            pairs |= {(a, b) for a in w.years for b in w.years if b0 <= a <= b1 and a0 <= b <= a1}
+            idx = np.array(
+                sorted((w.year_index(a), w.year_index(b)) for a, b in pairs if a < b),
+                dtype=np.int64,
+            ).reshape(-1, 2)
+            x, observed = normalize(_channels(w.annual, 1), self.mean, self.std, 1)
+            train = self.splits[w.seed].mask(observed.shape, "train") & w.label_mask30()
+            counts = np.array(
+                [np.count_nonzero(observed[i] & observed[j] & train) for i, j in idx], dtype=float
+            )
+            self.stacks.append((x, observed))
+            self.pair_index.append(idx[counts > 0])
+            self.pair_p.append(counts[counts > 0] / max(counts.sum(), 1.0))
+
+    def train_batches(self, rng: np.random.Generator) -> Iterator[Batch]:
+        """Patches of the fixed pairs, or (with `change_years`) of a random world and a random
+        pair of its candidate years, with D4 augmentation; labels and masks as `_raw`."""
+        usable = [i for i, idx in enumerate(self.pair_index) if len(idx)]
+        if not usable:
+            yield from super().train_batches(rng)
+            return
+        s = self.settings
+        for _ in range(s.steps):
+            parts: list[tuple[np.ndarray, ...]] = []
+            for wi in rng.choice(usable, size=s.batch_size):
+                w, (x, observed) = self.worlds[wi], self.stacks[wi]
+                ia, ib = self.pair_index[wi][rng.choice(len(self.pair_p[wi]), p=self.pair_p[wi])]
+                (win,) = sample_windows(self.splits[w.seed].train, x.shape[-2:], s.patch, 1, rng)
+                label = w.landcover30[ia][win] != w.landcover30[ib][win]
+                mask = w.label_mask30()[win] & observed[ia][win] & observed[ib][win]
+                arrays = (_crop(x[ia], win), _crop(x[ib], win), label, mask)
+                parts.append(random_dihedral(arrays, rng))
+            yield self._stack(parts)
+
     def build_model(self) -> nn.Module:
         return FCSiamDiff(len(BANDS) + len(INDICES), **self.settings.model_kwargs)
 
@@ -365,8 +439,7 @@ class _FootprintProblem(Problem):
 
     def _raw(self) -> list[tuple[int, tuple[np.ndarray, ...], np.ndarray, np.ndarray]]:
         return [
-            (w.seed, (_channels(w.recent, 0),), w.built10, w.label_mask10())
-            for w in self.worlds
+            (w.seed, (_channels(w.recent, 0),), w.built10, w.label_mask10()) for w in self.worlds
         ]
 
     def build_model(self) -> nn.Module:
@@ -374,8 +447,13 @@ class _FootprintProblem(Problem):
 
 
 class _DynamicsProblem(Problem):
-    """Per-pixel sequences. A batch is ``x (1, T, C, 1, n)``, ``missing (1, T, 1, n)``;
-    pixels that urbanize within the period are drawn ``urbanizing_boost`` times as often."""
+    """Pixel sequences, `patch` pixels per batch drawn one by one; pixels that urbanize within
+    the period are drawn ``urbanizing_boost`` times as often. Per-pixel model: a batch is
+    ``x (1, T, C, 1, n)``, ``missing (1, T, 1, n)``. With spatial context ``k`` (``context``
+    in `model_kwargs`): ``x (n, T, C, 2k + 1, 2k + 1)``, each pixel with its neighbourhood
+    (beyond the grid: not observed, as the engine's padding), D4-augmented, and the model
+    called with ``pad=False`` (it scores the centre pixels); validation then runs on the whole
+    validation areas, padded as in inference."""
 
     kind: Kind = "dynamics"
     band_axis = 1
@@ -418,13 +496,74 @@ class _DynamicsProblem(Problem):
         self.pool = np.concatenate(pools)
         w = np.concatenate(weights)
         self.pool_p = w / w.sum()
+        # spatial context k: inputs padded by k pixels of "not observed" (zeros), as the
+        # engine's zero padding beyond a tile
+        k = self.context
+        self._padded = [
+            (
+                np.pad(s.inputs[0], ((0, 0), (0, 0), (k, k), (k, k))),
+                np.pad(s.extra["observed"], ((0, 0), (k, k), (k, k))),
+            )
+            for s in (self.samples if k else [])
+        ]
         self.pos_share = float(np.mean([s.label[:, s.mask].mean() for s in self.samples]))
 
     def build_model(self) -> nn.Module:
         return PixelGRU(len(BANDS) + len(INDICES), **self.settings.model_kwargs)
 
     def loss(self, out: torch.Tensor, b: Batch) -> torch.Tensor:
-        return survival_bce(out, b.target, b.mask)
+        loss = survival_bce(out, b.target, b.mask)
+        if self.settings.year_nll_weight:
+            loss = loss + self.settings.year_nll_weight * year_nll(out, b.target, b.mask)
+        return loss
+
+    @property
+    def context(self) -> int:
+        """Spatial context (pixels) of the model's input embedding."""
+        return int(self.settings.model_kwargs.get("context", 0))
+
+    def _hide_years(self, observed: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """`observed` with `year_dropout` of its pixel-years hidden (training only)."""
+        if rng is None or self.settings.year_dropout <= 0:
+            return observed
+        return observed & (rng.random(observed.shape) >= self.settings.year_dropout)
+
+    def _windows(self, picks: np.ndarray, rng: np.random.Generator | None) -> Batch:
+        """The ``(2k + 1)``-pixel windows around `picks` (sample index, flat pixel index)."""
+        k = self.context
+        xs, obs, lab = [], [], []
+        for i, flat in picks:
+            s = self.samples[int(i)]
+            x_pad, obs_pad = self._padded[int(i)]
+            r, c = divmod(int(flat), s.mask.shape[1])  # (r, c) is (r + k, c + k) when padded
+            xs.append(x_pad[:, :, r : r + 2 * k + 1, c : c + 2 * k + 1])
+            obs.append(obs_pad[:, r : r + 2 * k + 1, c : c + 2 * k + 1])
+            lab.append(s.label[:, r, c])
+        x, observed = np.stack(xs), np.stack(obs)  # (n, T, C, w, w), (n, T, w, w)
+        if rng is not None:
+            # hide whole pixel-years (a cloud over the neighbourhood); one D4 symmetry
+            hide = rng.random(observed.shape[:2]) < self.settings.year_dropout
+            observed = observed & ~hide[:, :, None, None]
+            x = np.where(observed[:, :, None], x, np.float32(0))
+            k8 = int(rng.integers(8))
+            x, observed = dihedral(x, k8), dihedral(observed, k8)
+        labelled = np.asarray(observed[:, :, k, k].any(axis=1))  # the centre seen once at least
+        return Batch(
+            (torch.from_numpy(x.astype(np.float32)), torch.from_numpy(~observed)),
+            torch.from_numpy(np.stack(lab)[:, :, None, None]),
+            torch.from_numpy(labelled[:, None, None]),
+            options={"pad": False},
+        )
+
+    def _image_batch(
+        self, parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    ) -> Batch:
+        x, observed, built, mask = (np.stack([p[j] for p in parts]) for j in range(4))
+        return Batch(
+            (torch.from_numpy(x.astype(np.float32)), torch.from_numpy(~observed)),
+            torch.from_numpy(built),
+            torch.from_numpy(mask),
+        )
 
     def _gather(self, picks: np.ndarray, rng: np.random.Generator | None) -> Batch:
         xs, obs, lab = [], [], []
@@ -435,10 +574,8 @@ class _DynamicsProblem(Problem):
             obs.append(s.extra["observed"][:, r, c])
             lab.append(s.label[:, r, c])
         x = np.stack(xs, axis=-1)[:, :, None, :]  # (T, C, 1, n)
-        observed = np.stack(obs, axis=-1)[:, None, :]  # (T, 1, n)
-        if rng is not None and self.settings.year_dropout > 0:
-            observed = observed & (rng.random(observed.shape) >= self.settings.year_dropout)
-            x = np.where(observed[:, None], x, np.float32(0))
+        observed = self._hide_years(np.stack(obs, axis=-1)[:, None, :], rng)  # (T, 1, n)
+        x = np.where(observed[:, None], x, np.float32(0))
         built = np.stack(lab, axis=-1)[:, None, :]  # (T, 1, n)
         mask = np.asarray(observed.any(axis=0))  # (1, n)
         return Batch(
@@ -450,8 +587,8 @@ class _DynamicsProblem(Problem):
     def train_batches(self, rng: np.random.Generator) -> Iterator[Batch]:
         n = self.settings.patch
         for _ in range(self.settings.steps):
-            idx = rng.choice(len(self.pool), size=n, p=self.pool_p)
-            yield self._gather(self.pool[idx], rng)
+            picks = self.pool[rng.choice(len(self.pool), size=n, p=self.pool_p)]
+            yield self._windows(picks, rng) if self.context else self._gather(picks, rng)
 
     def _val_picks(self) -> np.ndarray:
         picks = []
@@ -461,6 +598,20 @@ class _DynamicsProblem(Problem):
         return np.concatenate(picks)
 
     def val_batches(self) -> Iterator[Batch]:
+        if self.context:
+            for s in self.samples:
+                win = s.split.val
+                yield self._image_batch(
+                    [
+                        (
+                            s.inputs[0][(..., *win)],
+                            s.extra["observed"][(..., *win)],
+                            s.label[(..., *win)],
+                            s.mask[win],
+                        )
+                    ]
+                )
+            return
         picks = self._val_picks()
         for j in range(0, len(picks), 4096):
             yield self._gather(picks[j : j + 4096], None)
@@ -472,9 +623,9 @@ class _DynamicsProblem(Problem):
         with torch.inference_mode(), autocast_for(device):
             for b in self.val_batches():
                 b = b.to(device)
-                z = model(*b.inputs).float()[0, :, 0]  # (T, n)
-                zs.append(z.cpu())
-                ys.append(b.target[0, :, 0].cpu())
+                m = b.mask.bool()  # (B, y, x) -> the (T, n) logits and labels of its pixels
+                zs.append(b.run(model).float().transpose(0, 1)[:, m].cpu())
+                ys.append(b.target.transpose(0, 1)[:, m].cpu())
         z_all = torch.cat(zs, dim=1)
         y_all = torch.cat(ys, dim=1).float()
 
@@ -538,12 +689,23 @@ _DESCRIPTION = {
 
 def _sampling_note(settings: TrainSettings) -> str:
     if settings.kind == "dynamics":
-        return (
+        note = (
             f"batches of {settings.patch} pixel sequences, urbanizing pixels drawn "
             f"{settings.urbanizing_boost:g}x as often, {settings.year_dropout:.0%} of observed "
             "years hidden per sample"
         )
-    pairs = f", year pairs {list(settings.change_pairs)}" if settings.kind == "change" else ""
+        if settings.year_nll_weight:
+            note += f", loss survival BCE + {settings.year_nll_weight:g} x year NLL"
+        return note
+    pairs = ""
+    if settings.kind == "change":
+        pairs = f", validation year pairs {list(settings.change_pairs)}"
+        if settings.change_years is not None:
+            (b0, b1), (a0, a1) = settings.change_years
+            pairs += (
+                f"; training pairs: those and random (before {b0}-{b1}, after {a0}-{a1}) "
+                "pairs, drawn in proportion to the pixels observed on both dates"
+            )
     return (
         f"batches of {settings.batch_size} patches of {settings.patch} px{pairs}, "
         "D4 flips/rotations"
@@ -622,7 +784,11 @@ def train_model(
     model = model.cpu()
     years: tuple[int, ...]
     if settings.kind == "change":
-        years = tuple(sorted({y for p in settings.change_pairs for y in p}))
+        used = {y for p in settings.change_pairs for y in p}
+        if settings.change_years is not None:
+            (b0, b1), (a0, a1) = settings.change_years
+            used |= {y for w in worlds for y in w.years if b0 <= y <= b1 or a0 <= y <= a1}
+        years = tuple(sorted(used))
     elif settings.kind == "footprint":
         years = tuple(sorted({w.footprint_year for w in worlds}))
     else:

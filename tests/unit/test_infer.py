@@ -314,6 +314,27 @@ def test_dynamics_tiles_equal_a_full_frame_pass() -> None:
     np.testing.assert_allclose(ds["probability"].values, reference, atol=1e-6)
 
 
+def test_dynamics_with_spatial_context_blends_tiles_into_a_full_frame_pass() -> None:
+    # a bidirectional GRU whose embedding reads the 3x3 neighbourhood: the default overlap
+    # (4 x context) makes tiled inference equal one full-frame pass, without seams
+    torch.manual_seed(0)
+    spec = make_spec("dynamics", "pixel_gru", hidden=8, bidirectional=True, context=1)
+    model = build_model(spec).eval()
+    annual = make_annual(list(range(2000, 2006)), 23, 21, seed=3)
+    annual[2, :, :6] = np.nan
+    ds = predict_dynamics(model, spec, annual, tile=12, batch_size=3, device="cpu")
+    assert ds.attrs["overlap"] == 4
+    raw = annual.values[None]
+    x = torch.from_numpy(_normalized(spec, raw, 2))
+    missing = torch.from_numpy(~np.isfinite(raw).all(axis=2))
+    with torch.no_grad():
+        reference = cumulative_probability(model(x, missing))[0].numpy()
+    np.testing.assert_allclose(ds["probability"].values, reference, atol=1e-5)
+    # without the overlap the tile borders see padding instead of their neighbours
+    seams = predict_dynamics(model, spec, annual, tile=12, overlap=0, device="cpu")
+    assert np.abs(seams["probability"].values - reference).max() > 1e-4
+
+
 # ---- device, tasks, imports ------------------------------------------------------------------
 def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device("cpu") == torch.device("cpu")

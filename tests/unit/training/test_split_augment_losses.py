@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.dynamics import cumulative_probability
+from models.dynamics import categorical_to_hazard_logits, cumulative_probability
 from models.training.augment import dihedral, random_dihedral
 from models.training.data import block_share
-from models.training.losses import positive_weight, survival_bce, weighted_bce_dice
+from models.training.losses import positive_weight, survival_bce, weighted_bce_dice, year_nll
 from models.training.metrics import binary_scores, year_agreement
 from models.training.split import sample_windows, split_by_area
 from tasks.errors import InputError
@@ -79,6 +79,25 @@ def test_survival_bce_equals_bce_of_cumulative_probability() -> None:
     p = cumulative_probability(z).clamp(1e-7, 1 - 1e-7)
     ref = -(built * p.log() + (~built) * (1 - p).log()).mean()
     assert float(survival_bce(z, built, mask)) == pytest.approx(float(ref), rel=1e-3)
+
+
+def test_year_nll_is_the_log_likelihood_of_the_first_built_year() -> None:
+    scores = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))  # 4 years + never
+    log_p = torch.log_softmax(scores, dim=1)
+    hazard = categorical_to_hazard_logits(scores, dim=1)[:, :, None, None]  # (3, 4, 1, 1)
+    built = torch.zeros(3, 4, 1, 1, dtype=torch.bool)
+    built[0, 2:] = True  # built in year 2
+    built[1, :] = True  # built from the first year
+    mask = torch.ones(3, 1, 1, dtype=torch.bool)  # pixel 2: never built -> outcome 4
+    expected = -(log_p[0, 2] + log_p[1, 0] + log_p[2, 4]) / 3
+    assert float(year_nll(hazard, built, mask)) == pytest.approx(float(expected), rel=1e-5)
+    mask[0] = False
+    assert float(year_nll(hazard, built, mask)) == pytest.approx(
+        float(-(log_p[1, 0] + log_p[2, 4]) / 2), rel=1e-5
+    )
+    # a year the causal model gives no mass (missing: -inf hazard) is left out, not infinite
+    hazard[0, 2] = float("-inf")
+    assert torch.isfinite(year_nll(hazard, built, torch.ones(3, 1, 1, dtype=torch.bool)))
 
 
 def test_binary_scores_and_year_agreement_by_hand() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +62,15 @@ def test_fit_lowers_the_loss_on_training_batches(kind: Kind, tiny_world: WorldDa
     assert after < 0.9 * before, (kind, before, after, result.history)
 
 
-def test_validation_area_is_never_sampled_for_training(tiny_world: WorldData) -> None:
-    problem = build_problem([tiny_world], _tiny_settings("change"))
+@pytest.mark.parametrize("random_pairs", [False, True])
+def test_validation_area_is_never_sampled_for_training(
+    tiny_world: WorldData, random_pairs: bool
+) -> None:
+    settings = _tiny_settings("change", change_years=((2012, 2013), (2020, 2023)))
+    if not random_pairs:
+        settings = dataclasses.replace(settings, change_years=None)
+    problem = build_problem([tiny_world], settings)
+    assert bool(problem.stacks) == random_pairs  # type: ignore[attr-defined]
     shape = problem.samples[0].label.shape
     val = problem.samples[0].split.mask(shape, "val")
     assert all(np.array_equal(s.split.mask(shape, "val"), val) for s in problem.samples)
@@ -70,11 +78,27 @@ def test_validation_area_is_never_sampled_for_training(tiny_world: WorldData) ->
     marker = np.arange(val.size, dtype=np.float32).reshape(shape)
     for smp in problem.samples:
         smp.inputs = (marker[None], marker[None])
+    for i, (x, observed) in enumerate(problem.stacks):  # type: ignore[attr-defined]
+        marked = np.broadcast_to(marker, (x.shape[0], 1, *shape)).copy()
+        problem.stacks[i] = (marked, observed)  # type: ignore[attr-defined]
     seen = np.zeros(val.size, dtype=bool)
     for batch in problem.train_batches(np.random.default_rng(0)):
         seen[batch.inputs[0].numpy().astype(np.int64).ravel()] = True
-    seen = seen.reshape(shape)
-    assert seen.sum() > 0.3 * (~val).sum() and not (seen & val).any()
+    seen2d = seen.reshape(shape)
+    assert seen2d.sum() > 0.3 * (~val).sum() and not (seen2d & val).any()
+
+
+def test_random_change_pairs_come_from_the_ranges_and_observed_years(
+    tiny_world: WorldData,
+) -> None:
+    # the tiny world simulates 2012-2023 but observes 2012, 2013 (Landsat) and 2023 only
+    settings = _tiny_settings("change", change_years=((2010, 2014), (2016, 2023)))
+    problem = build_problem([tiny_world], settings)
+    years = tiny_world.years
+    pairs = {(years[a], years[b]) for a, b in problem.pair_index[0]}  # type: ignore[attr-defined]
+    assert pairs == {(2012, 2023), (2013, 2023)}
+    batch = next(iter(problem.train_batches(np.random.default_rng(0))))
+    assert batch.mask.any() and batch.target[batch.mask].float().mean() > 0
 
 
 def test_train_model_writes_a_complete_spec_that_loads(
