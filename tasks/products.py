@@ -20,6 +20,14 @@ to compute on (`tasks.tiling`). `make_tile_product` maps one tile on its outer w
 `HALO_PX`), crops the core and writes it next to the composites; `publish_tiles` mosaics the
 cores on the AOI's grid, vectorizes the mosaic (polygons are not cut at tile edges) and
 publishes one product. `make_product` is the one-tile case.
+
+**Memory.** A `TileProduct` is a small reference (its file, its tile, the scene ids; not the
+composites' provenance), and `publish_tiles` never holds the mosaic: it writes it window by
+window (`tasks.publish.WINDOW_PX`) from the tiles' files into a local GeoTIFF
+(`tasks.publish.write_raster`, band statistics on the way), samples the quicklook as it goes,
+vectorizes it window by window (`tasks.vectorize.WindowedPolygonizer`: patches are joined
+across window edges) and makes the COG from the file. What grows with the AOI is the output:
+the polygons (GeoParquet, and the GeoJSON of the `ProductSummary`) and the list of tiles.
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import uuid
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +49,7 @@ import rasterio
 import xarray as xr
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from rasterio.windows import Window
 from shapely.geometry import box
 
 from models.baselines import breakpoint_year, builtup_rule, change_vector_analysis
@@ -54,16 +65,40 @@ from tasks.infer import (
     predict_footprint,
     resolve_device,
 )
-from tasks.publish import ProductKind, ProductRef, publish_product
+from tasks.publish import (
+    WINDOW_PX,
+    ProductKind,
+    ProductRef,
+    RasterFile,
+    local_workdir,
+    publish_product,
+    write_raster,
+)
 from tasks.refs import SceneRef
-from tasks.report import data_uri, overlay, rgb_quicklook
+from tasks.report import QUICKLOOK_PX, data_uri, overlay, rgb_quicklook
 from tasks.settings import get_settings
-from tasks.tiling import Tile, crop_core, local_dask_scheduler, mosaic, single_tile, window_in
-from tasks.vectorize import change_polygons, dynamics_polygons, footprint_polygons
+from tasks.tiling import (
+    PixelWindow,
+    Tile,
+    crop_core,
+    grid_windows,
+    local_dask_scheduler,
+    single_tile,
+    window_in,
+)
+from tasks.vectorize import (
+    DEFAULT_EPOCH_YEARS,
+    WindowedPolygonizer,
+    binary_mask,
+    concat_frames,
+    epoch_index,
+    iso_date,
+)
 
 __all__ = [
     "BASELINE",
     "HALO_PX",
+    "Backdrop",
     "ProductSummary",
     "TileProduct",
     "change_map",
@@ -299,16 +334,50 @@ def product_dataset(
     raise InputError(f"kind: {kind!r} is not one of 'change', 'footprint', 'dynamics'.")
 
 
+_RGB = ("red", "green", "blue")
+
+
+@dataclass(frozen=True)
+class Backdrop:
+    """The true-colour image under a tile's quicklook: the composites' GeoTIFF of one period
+    (`path`), the tile's core in it (`window`, pixels) and its red, green, blue bands (1-based)."""
+
+    path: str
+    window: PixelWindow
+    bands: tuple[int, int, int]
+
+
 @dataclass(frozen=True)
 class TileProduct:
     """The product bands of one tile's core, on disk: a float32 GeoTIFF on ``tile.core_grid``
-    with one band per product variable (named in its description; NaN = no data)."""
+    with one band per product variable (named in its description; NaN = no data).
+
+    A small reference (thousands travel from the tile tasks to `publish_tiles`): what the
+    publish needs of the tile's composites, not the composites' provenance."""
 
     path: str
     tile: Tile
     bands: tuple[str, ...]
     method: str  # how the product was made (``ds.attrs["method"]``), the same for every tile
-    composites: CompositeRef  # the tile's composites: quicklook backdrop and input scene ids
+    scene_ids: tuple[str, ...]  # input scenes of the tile's composites
+    backdrop: Backdrop  # the quicklook's true-colour image
+
+
+def _tile_product(
+    kind: str,
+    path: Path,
+    tile: Tile,
+    bands: tuple[str, ...],
+    method: str,
+    ref: CompositeRef,
+    period: str | None,
+) -> TileProduct:
+    label = {"change": "after", "footprint": period}.get(kind) or ref.periods[-1]
+    r, g, b = (ref.bands.index(band) + 1 for band in _RGB)
+    backdrop = Backdrop(str(ref.tif(label)), window_in(ref.grid, tile.core_grid), (r, g, b))
+    # interned: the tiles of one AOI share their scenes' ids instead of a copy per tile
+    scene_ids = tuple(sys.intern(s) for s in ref.scene_ids)
+    return TileProduct(str(path), tile, bands, method, scene_ids, backdrop)
 
 
 def _tile_path(
@@ -368,7 +437,8 @@ def _write_tile(path: Path, bands: dict[str, np.ndarray], grid: GridSpec, *, met
         raise
 
 
-def _read_tile(part: TileProduct) -> dict[str, np.ndarray]:
+def _read_tile(part: TileProduct, rows: slice, cols: slice) -> dict[str, np.ndarray]:
+    """Rows and columns (of the tile's core) of each band of a tile's file."""
     with rasterio.open(part.path) as src:
         names = [str(d) for d in src.descriptions]
         if tuple(names) != part.bands or src.shape != (part.tile.core.height, part.tile.core.width):
@@ -376,7 +446,8 @@ def _read_tile(part: TileProduct) -> dict[str, np.ndarray]:
                 f"tile {part.tile.name}: {part.path} holds {names} {src.shape}, not "
                 f"{list(part.bands)} on its core; it was overwritten or truncated: run again."
             )
-        return {name: src.read(i + 1) for i, name in enumerate(names)}
+        window = Window.from_slices(rows, cols)
+        return {name: src.read(i + 1, window=window) for i, name in enumerate(names)}
 
 
 def make_tile_product(
@@ -408,7 +479,7 @@ def make_tile_product(
     done = _read_tile_header(path, tile.core_grid)
     if done is not None:  # a rerun of the same inputs: the keyed file is complete, reuse it
         names, method = done
-        return TileProduct(str(path), tile, names, method, ref)
+        return _tile_product(kind, path, tile, names, method, ref, period)
     ds = product_dataset(
         kind,
         ref,
@@ -421,7 +492,7 @@ def make_tile_product(
     bands = {str(k): crop_core(np.asarray(ds[k].values, dtype=np.float32), tile) for k in ds}
     method = str(ds.attrs["method"])
     _write_tile(path, bands, tile.core_grid, method=method)
-    return TileProduct(str(path), tile, tuple(bands), method, ref)
+    return _tile_product(kind, path, tile, tuple(bands), method, ref, period)
 
 
 def _read_tile_header(path: Path, grid: GridSpec) -> tuple[tuple[str, ...], str] | None:
@@ -443,19 +514,166 @@ def _read_tile_header(path: Path, grid: GridSpec) -> tuple[tuple[str, ...], str]
         return None
 
 
-def _backdrop(kind: str, parts: Sequence[TileProduct], period: str | None) -> np.ndarray:
-    """True-colour composite under the product in the quicklook: (red, green, blue) on the grid
-    (change: the ``after`` period; footprint: `period`; dynamics: the last year)."""
-    first = parts[0].composites
-    label = {"change": "after", "footprint": period}.get(kind) or first.periods[-1]
-    rgb = ("red", "green", "blue")
-    cores = []
-    for p in parts:
-        refl, _ = _read(p.composites, label, p.tile.outer_grid)
-        values = refl.sel(band=list(rgb)).values
-        cores.append((p.tile, {b: crop_core(values[i], p.tile) for i, b in enumerate(rgb)}))
-    out = mosaic(cores, parts[0].tile.grid)
-    return np.stack([out[b] for b in rgb])
+def _intersection(a: PixelWindow, b: PixelWindow) -> PixelWindow | None:
+    row, col = max(a.row, b.row), max(a.col, b.col)
+    height = min(a.row + a.height, b.row + b.height) - row
+    width = min(a.col + a.width, b.col + b.width) - col
+    return PixelWindow(row, col, height, width) if height > 0 and width > 0 else None
+
+
+def _samples(n: int, size: int) -> np.ndarray:
+    """`size` pixel indexes of an axis of `n`, nearest to evenly spaced centres (PIL's
+    nearest-neighbour rule: ``floor((i + 0.5) * n / size)``)."""
+    return np.floor((np.arange(size) + 0.5) * (n / size)).astype(np.int64)
+
+
+class _Quicklook:
+    """The quicklook of a mosaic, sampled while the mosaic is written: the product's mask
+    (`overlay`) over the true-colour backdrop of its tiles, at the nearest pixels of at most
+    `QUICKLOOK_PX` a side (every pixel when the grid is no larger)."""
+
+    def __init__(self, grid: GridSpec) -> None:
+        rows, cols = grid.shape
+        scale = max(1.0, max(rows, cols) / QUICKLOOK_PX)
+        self.rows = _samples(rows, max(1, round(rows / scale)))
+        self.cols = _samples(cols, max(1, round(cols / scale)))
+        self.rgb = np.full((3, self.rows.size, self.cols.size), np.nan, dtype=np.float32)
+        self.mask = np.zeros((self.rows.size, self.cols.size), dtype=bool)
+
+    def _at(self, w: PixelWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample positions inside `w`: (sample rows, sample cols, rows in w, cols in w)."""
+        i = np.flatnonzero((self.rows >= w.row) & (self.rows < w.row + w.height))
+        j = np.flatnonzero((self.cols >= w.col) & (self.cols < w.col + w.width))
+        return i, j, self.rows[i] - w.row, self.cols[j] - w.col
+
+    def add_backdrop(self, part: TileProduct, w: PixelWindow) -> None:
+        """The backdrop of `part` in `w` (a window of the grid inside the tile's core)."""
+        i, j, r, c = self._at(w)
+        if not (i.size and j.size):
+            return
+        b = part.backdrop  # its window is the tile's core in the backdrop's file
+        row = b.window.row + w.row - part.tile.core.row
+        col = b.window.col + w.col - part.tile.core.col
+        with rasterio.open(b.path) as src:
+            rgb = src.read(list(b.bands), window=Window(col, row, w.width, w.height))
+        self.rgb[np.ix_(np.arange(3), i, j)] = rgb[np.ix_(np.arange(3), r, c)]
+
+    def add_product(self, w: PixelWindow, bands: dict[str, np.ndarray]) -> None:
+        """The mapped pixels in window `w` of the mosaic."""
+        i, j, r, c = self._at(w)
+        if not (i.size and j.size):
+            return
+        if "binary" in bands:
+            mask = bands["binary"][np.ix_(r, c)] > 0.5
+        else:
+            mask = np.isfinite(bands["urbanization_year"][np.ix_(r, c)])
+        self.mask[np.ix_(i, j)] = mask
+
+    def data_uri(self) -> str:
+        return data_uri(overlay(rgb_quicklook(self.rgb, list(_RGB)), self.mask))
+
+
+def _mosaic_windows(
+    parts: Sequence[TileProduct],
+    grid: GridSpec,
+    names: tuple[str, ...],
+    look: _Quicklook,
+) -> Iterator[tuple[PixelWindow, dict[str, np.ndarray]]]:
+    """The mosaic of the tiles' cores, window by window (`grid_windows`, `WINDOW_PX`), each
+    read from the tiles' files. Pixels no tile covers (tiles left out of an irregular AOI) are
+    NaN, ``count`` 0. Raises `PipelineError` when two cores overlap."""
+    at: defaultdict[tuple[int, int], list[TileProduct]] = defaultdict(list)
+    for part in parts:
+        c = part.tile.core
+        for i in range(c.row // WINDOW_PX, (c.row + c.height - 1) // WINDOW_PX + 1):
+            for j in range(c.col // WINDOW_PX, (c.col + c.width - 1) // WINDOW_PX + 1):
+                at[i, j].append(part)
+    fill = {"count": 0.0}
+    for w in grid_windows(grid, WINDOW_PX):
+        out = {
+            b: np.full((w.height, w.width), fill.get(b, np.nan), dtype=np.float32) for b in names
+        }
+        covered = np.zeros((w.height, w.width), dtype=bool)
+        for part in at.pop((w.row // WINDOW_PX, w.col // WINDOW_PX), []):
+            inter = _intersection(part.tile.core, w)
+            if inter is None:
+                continue
+            here = (
+                slice(inter.row - w.row, inter.row - w.row + inter.height),
+                slice(inter.col - w.col, inter.col - w.col + inter.width),
+            )
+            if covered[here].any():
+                raise PipelineError(f"tile {part.tile.name} overlaps another tile's core.")
+            covered[here] = True
+            core = part.tile.core
+            values = _read_tile(
+                part,
+                slice(inter.row - core.row, inter.row - core.row + inter.height),
+                slice(inter.col - core.col, inter.col - core.col + inter.width),
+            )
+            for band, v in values.items():
+                out[band][here] = v
+            look.add_backdrop(part, inter)
+        look.add_product(w, out)
+        yield w, out
+
+
+def _mosaic_read(
+    raster: RasterFile, names: Sequence[str]
+) -> Iterator[tuple[PixelWindow, dict[str, np.ndarray]]]:
+    """Bands `names` of `raster`, window by window (`grid_windows`); no data -> NaN."""
+    index = [raster.bands.index(n) + 1 for n in names]
+    with rasterio.open(raster.path) as src:
+        for w in grid_windows(raster.grid, WINDOW_PX):
+            window = Window(w.col, w.row, w.width, w.height)
+            values = [src.read(i, window=window) for i in index]
+            yield (
+                w,
+                {
+                    n: np.where(v == raster.nodata, np.nan, v)
+                    for n, v in zip(names, values, strict=True)
+                },
+            )
+
+
+def _polygons(
+    kind: ProductKind,
+    raster: RasterFile,
+    *,
+    start: str,
+    end: str,
+    threshold: float,
+    min_pixels: int,
+) -> gpd.GeoDataFrame:
+    """The product's polygons (`tasks.vectorize`: `change_polygons`, `footprint_polygons`,
+    `dynamics_polygons`), vectorized window by window from the mosaic on disk."""
+    grid = raster.grid
+    if kind in ("change", "footprint"):
+        patches = WindowedPolygonizer(grid, min_pixels=min_pixels)
+        for w, b in _mosaic_read(raster, ["probability", "confidence"]):
+            patches.add(w, binary_mask(b["probability"], threshold), b["confidence"])
+        if kind == "change":
+            return patches.result(
+                {"period_start": iso_date(start, "start"), "period_end": iso_date(end, "end")}
+            )
+        return concat_frames([patches.result({"year": int(start[:4])})], grid)
+    stats = raster.statistics[raster.bands.index("urbanization_year")]
+    if stats is None:  # no pixel urbanized
+        return WindowedPolygonizer(grid).result({"epoch_start": 0, "epoch_end": 0})
+    origin, years = int(stats["minimum"]), DEFAULT_EPOCH_YEARS
+    epochs: dict[int, WindowedPolygonizer] = {}
+    for w, b in _mosaic_read(raster, ["urbanization_year", "confidence"]):
+        epoch = epoch_index(b["urbanization_year"], origin, years)
+        for k in np.unique(epoch[epoch >= 0]):
+            patches = epochs.setdefault(int(k), WindowedPolygonizer(grid, min_pixels=min_pixels))
+            patches.add(w, epoch == k, b["confidence"])
+    frames = [
+        epochs[k].result(
+            {"epoch_start": origin + k * years, "epoch_end": origin + (k + 1) * years - 1}
+        )
+        for k in sorted(epochs)
+    ]
+    return concat_frames(frames, grid)
 
 
 def publish_tiles(
@@ -475,8 +693,10 @@ def publish_tiles(
 
     Pixels of tiles left out (outside an irregular AOI) are NaN with ``count`` 0. A product of
     several tiles records ``tiling`` (tile size, halo, number of tiles) in its parameters, so
-    it gets an id of its own: its composites were co-registered per tile.
-    Returns a `ProductSummary` (a `ProductRef` plus areas and a quicklook).
+    it gets an id of its own: its composites were co-registered per tile. The mosaic is
+    written, vectorized and published window by window (module docstring: memory).
+    `period`: the composite period under the quicklook (footprint). Returns a `ProductSummary`
+    (a `ProductRef` plus areas and a quicklook).
     """
     if not parts:
         raise InputError("parts: no tiles to publish.")
@@ -485,33 +705,14 @@ def publish_tiles(
     if len(methods) != 1:
         raise PipelineError(f"tiles of one product were made by different methods: {methods}.")
     method = methods.pop()
-    rasters = mosaic(((p.tile, _read_tile(p)) for p in parts), grid, fill={"count": 0.0})
-    if kind == "change":
-        gdf = change_polygons(
-            rasters["probability"],
-            grid,
-            start=start,
-            end=end,
-            confidence=rasters["confidence"],
-            threshold=threshold,
-            min_pixels=min_pixels,
-        )
-    elif kind == "footprint":
-        gdf = footprint_polygons(
-            rasters["probability"],
-            grid,
-            years=[int(start[:4])],
-            confidence=rasters["confidence"],
-            threshold=threshold,
-            min_pixels=min_pixels,
-        )
-    else:
-        gdf = dynamics_polygons(
-            rasters["urbanization_year"],
-            grid,
-            confidence=rasters["confidence"],
-            min_pixels=min_pixels,
-        )
+    names = parts[0].bands
+    for p in parts:
+        if p.tile.grid != grid:
+            raise PipelineError(f"tile {p.tile.name} belongs to {p.tile.grid}, not to {grid}.")
+        if p.bands != names:
+            raise PipelineError(
+                f"tile {p.tile.name} has bands {list(p.bands)}, the others {list(names)}."
+            )
     spec: WeightsSpec | str = resolve(model)[0] if model != BASELINE else f"{BASELINE}:{method}"
     params: dict[str, Any] = {"threshold": threshold, "min_pixels": min_pixels, "method": method}
     if len(parts) > 1 or parts[0].tile.core != single_tile(grid).core:
@@ -521,25 +722,27 @@ def publish_tiles(
             "halo_px": t.halo_px,
             "tiles": len(parts),
         }
-    scene_ids = list(dict.fromkeys(s for p in parts for s in p.composites.scene_ids))
-    product = publish_product(
-        kind,
-        rasters,
-        gdf,
-        grid=grid,
-        scene_ids=scene_ids,
-        model=spec,
-        params=params,
-        start=start,
-        end=end,
-        output_url=output_url,
-    )
-    mask = (
-        rasters["binary"] > 0.5
-        if "binary" in rasters
-        else np.isfinite(rasters["urbanization_year"])
-    )
-    image = overlay(rgb_quicklook(_backdrop(kind, parts, period), ["red", "green", "blue"]), mask)
+    scene_ids = list(dict.fromkeys(s for p in parts for s in p.scene_ids))
+    look = _Quicklook(grid)
+    with local_workdir() as work:
+        raster = write_raster(
+            work / "mosaic.tif", grid, names, _mosaic_windows(parts, grid, names, look)
+        )
+        gdf = _polygons(
+            kind, raster, start=start, end=end, threshold=threshold, min_pixels=min_pixels
+        )
+        product = publish_product(
+            kind,
+            raster,
+            gdf,
+            grid=grid,
+            scene_ids=scene_ids,
+            model=spec,
+            params=params,
+            start=start,
+            end=end,
+            output_url=output_url,
+        )
     lonlat = reproject_geometry(box(*grid.bounds), grid.epsg, 4326).bounds
     return ProductSummary(
         product=product,
@@ -547,7 +750,7 @@ def publish_tiles(
         start=start,
         end=end,
         areas=tuple(_areas(kind, gdf)),
-        quicklook=data_uri(image),
+        quicklook=look.data_uri(),
         bounds=(lonlat[0], lonlat[1], lonlat[2], lonlat[3]),
         geojson=json.loads(gdf.to_crs(4326).to_json())
         if len(gdf)

@@ -56,6 +56,7 @@ __all__ = [
     "PixelWindow",
     "Tile",
     "crop_core",
+    "grid_windows",
     "local_dask_scheduler",
     "mosaic",
     "single_tile",
@@ -193,6 +194,17 @@ def split_grid(
             "give the AOI in the grid's CRS."
         )
     return tiles
+
+
+def grid_windows(grid: GridSpec, size_px: int) -> Iterator[PixelWindow]:
+    """Row-major windows of `size_px` a side partitioning `grid` (the last row and column take
+    the remainder): the order in which rasters larger than memory are written and read."""
+    if size_px < 1:
+        raise InputError(f"size_px: {size_px} must be >= 1 pixel.")
+    rows, cols = grid.shape
+    for r in range(0, rows, size_px):
+        for c in range(0, cols, size_px):
+            yield PixelWindow(r, c, min(size_px, rows - r), min(size_px, cols - c))
 
 
 def single_tile(grid: GridSpec) -> Tile:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+import rasterio
+import shapely
 import torch
 import xarray as xr
 
@@ -14,9 +18,17 @@ from models.registry import save_weights
 from models.unet import UNet
 from tasks.aoi import GridSpec
 from tasks.ard import CompositeRef, write_composites
-from tasks.errors import InputError
-from tasks.products import change_map, dynamics_map, footprint_map
+from tasks.errors import InputError, PipelineError
+from tasks.products import (
+    ProductSummary,
+    change_map,
+    dynamics_map,
+    footprint_map,
+    make_tile_product,
+    publish_tiles,
+)
 from tasks.settings import get_settings
+from tasks.tiling import PixelWindow, Tile, single_tile, split_grid
 from tests.unit.models.factories import BANDS, CONCRETE, VEGETATION, make_spec
 
 GRID = GridSpec(
@@ -121,3 +133,69 @@ def test_footprint_with_a_registry_model(
     assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     assert (ds["binary"].values == (p >= 0.5)).all()
     assert ds.attrs["weights_sha256"] and float(ds["confidence"].min()) >= 0.5
+
+
+# ---- one product from tiles ---------------------------------------------------------------------
+def _publish(ref: CompositeRef, tiles: list[Tile], root: Path) -> ProductSummary:
+    parts = [
+        make_tile_product("footprint", ref, t, period="after", cache_dir=root / "cache")
+        for t in tiles
+    ]
+    return publish_tiles(
+        "footprint", parts, period="after", start="2001-01-01", end="2001-12-31",
+        output_url=str(root / "out"), min_pixels=2,
+    )  # fmt: skip
+
+
+def _cog(summary: ProductSummary) -> dict[str, np.ndarray]:
+    with rasterio.open(summary.product.asset_href("data")) as src:
+        return {str(d): src.read(i + 1) for i, d in enumerate(src.descriptions)}
+
+
+def _polygons(summary: ProductSummary) -> list[tuple[str, int, float]]:
+    gdf = gpd.read_parquet(summary.product.asset_href("vectors"))
+    return sorted(
+        (shapely.normalize(shapely.simplify(g, 0.0)).wkt, int(n), round(float(c), 9))
+        for g, n, c in zip(gdf.geometry, gdf["n_pixels"], gdf["mean_confidence"], strict=True)
+    )
+
+
+def test_publish_tiles_window_by_window_equals_one_tile(
+    pair: CompositeRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 x 3 tiles mosaicked and vectorized in 16 px windows (the concrete block and the
+    noise patches cross both) publish the raster and polygons of one untiled pass."""
+    whole = _publish(pair, [single_tile(GRID)], tmp_path / "whole")
+    monkeypatch.setattr("tasks.products.WINDOW_PX", 16)
+    tiles = split_grid(GRID, tile_size_px=16, halo_px=0)
+    tiled = _publish(pair, tiles, tmp_path / "tiled")
+    assert len(tiles) == 9 and tiled.product.id != whole.product.id  # tiling is a parameter
+    a, b = _cog(whole), _cog(tiled)
+    assert list(a) == list(b) == ["probability", "binary", "confidence", "count"]
+    for band in a:
+        np.testing.assert_array_equal(b[band], a[band], err_msg=band)
+    polygons = _polygons(whole)
+    assert any(n >= 150 for _, n, _ in polygons)  # the 10 x 15 px block, across 4 windows
+    assert _polygons(tiled) == polygons
+    assert tiled.areas == whole.areas and tiled.quicklook == whole.quicklook
+
+
+def test_publish_tiles_fills_left_out_tiles_and_refuses_overlaps(
+    pair: CompositeRef, tmp_path: Path
+) -> None:
+    tiles = split_grid(GRID, tile_size_px=16, halo_px=0)
+    summary = _publish(pair, tiles[1:], tmp_path / "gap")  # the north-west tile left out
+    bands = _cog(summary)
+    assert (bands["count"][:16, :16] == 0).all() and (bands["probability"][:16, :16] < -1).all()
+    assert (bands["count"][16:, 16:] == 5).all()
+    first, second = (
+        make_tile_product("footprint", pair, t, period="after", cache_dir=tmp_path / "cache")
+        for t in tiles[:2]
+    )
+    shifted = dataclasses.replace(second.tile, core=PixelWindow(0, 8, 16, 16))
+    with pytest.raises(PipelineError, match="overlaps"):
+        publish_tiles(
+            "footprint", [first, dataclasses.replace(second, tile=shifted)], period="after",
+            start="2001-01-01", end="2001-12-31", output_url=str(tmp_path / "overlap"),
+        )  # fmt: skip
+    assert not (tmp_path / "overlap").exists()  # nothing published

@@ -27,9 +27,11 @@ from tasks.publish import (
     rebuild_index,
     write_product_cog,
     write_product_parquet,
+    write_raster,
 )
 from tasks.refs import SceneRef
 from tasks.storage import MAX_NAME_LENGTH, ObjectStore, open_store, safe_name
+from tasks.tiling import grid_windows
 from tasks.vectorize import change_polygons
 from tests.conftest import SCHEMAS_DIR
 
@@ -174,6 +176,41 @@ def test_write_product_cog_valid_with_bands_nodata_and_overviews(tmp_path: Path)
     assert (first[:10] == COG_NODATA).all() and (first[10:] == 2015).all()
     assert [e["name"] for e in entries] == list(bands)
     assert entries[0]["statistics"]["minimum"] == 2015.0
+
+
+def test_write_product_cog_from_a_raster_file_written_by_window_equals_the_arrays(
+    tmp_path: Path,
+) -> None:
+    """A raster written window by window (the mosaic of `publish_tiles`) gives the COG and the
+    statistics of the same bands given as arrays."""
+    grid = make_grid(rows=70, cols=90)
+    bands = make_change(grid)
+    windows = [  # any order: column-major here
+        (w, {n: a[w.rows, w.cols] for n, a in bands.items()})
+        for w in sorted(grid_windows(grid, 32), key=lambda w: (w.col, w.row))
+    ]
+    raster = write_raster(tmp_path / "mosaic.tif", grid, list(bands), windows)
+    from_file = write_product_cog(raster, grid, tmp_path / "file.tif", blocksize=32)
+    from_arrays = write_product_cog(bands, grid, tmp_path / "arrays.tif", blocksize=32)
+    assert (tmp_path / "file.tif").read_bytes() == (tmp_path / "arrays.tif").read_bytes()
+    assert from_file == from_arrays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrays.tif", "file.tif", "mosaic.tif"]
+    prob = bands["probability"][np.isfinite(bands["probability"])]
+    stats = from_file[0]["statistics"]
+    assert stats["mean"] == pytest.approx(float(prob.astype(np.float64).mean()), rel=1e-12)
+    assert (stats["minimum"], stats["maximum"]) == (float(prob.min()), float(prob.max()))
+    assert stats["valid_percent"] == pytest.approx(100.0 * prob.size / (70 * 90))
+
+
+def test_write_raster_refuses_windows_that_miss_part_of_the_grid(tmp_path: Path) -> None:
+    grid = make_grid(rows=40, cols=40)
+    bands = make_change(grid)
+    windows = [
+        (w, {n: a[w.rows, w.cols] for n, a in bands.items()}) for w in grid_windows(grid, 16)
+    ]
+    with pytest.raises(InputError, match="cover the grid"):
+        write_raster(tmp_path / "m.tif", grid, list(bands), windows[:-1])
+    assert not (tmp_path / "m.tif").exists()
 
 
 # ---- GeoParquet ---------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from tasks.tiling import (
     PixelWindow,
     Tile,
     crop_core,
+    grid_windows,
     mosaic,
     single_tile,
     split_grid,
@@ -100,6 +101,18 @@ def test_crop_core_rejects_an_array_off_the_outer_window() -> None:
     t = split_grid(make_grid(64, 64), tile_size_px=32, halo_px=16)[0]
     with pytest.raises(InputError, match="outer window"):
         crop_core(np.zeros((t.core.height, t.core.width)), t)
+
+
+@pytest.mark.parametrize(("rows", "cols", "size"), [(53, 70, 16), (16, 16, 16), (5, 300, 256)])
+def test_grid_windows_partition_the_grid_row_major(rows: int, cols: int, size: int) -> None:
+    grid = make_grid(rows, cols)
+    windows = list(grid_windows(grid, size))
+    hits = np.zeros(grid.shape, dtype=int)
+    for w in windows:
+        assert 0 < w.height <= size and 0 < w.width <= size
+        hits[w.rows, w.cols] += 1
+    assert (hits == 1).all()
+    assert windows == sorted(windows, key=lambda w: (w.row, w.col))
 
 
 def test_single_tile_is_the_whole_grid() -> None:
