@@ -25,13 +25,11 @@ Both are stopped when ``eo serve`` ends (Ctrl-C); Prefect pauses the served sche
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fnmatch
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from tasks.errors import InputError, ServiceUnavailableError
+from tasks.processes import stop_process_group, track
 from tasks.settings import get_settings
 from tasks.stac_server import _die_with_parent, free_port
 
@@ -285,7 +284,6 @@ def build_deployments(
 
 
 # ---- a local Prefect server --------------------------------------------------------------------
-_LIVE: set[subprocess.Popen[bytes]] = set()
 
 
 @dataclass
@@ -313,17 +311,7 @@ class PrefectServer:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the server's process group, SIGKILL after `timeout` seconds."""
-        proc = self.process
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=timeout)
-        _LIVE.discard(proc)
+        stop_process_group(self.process, timeout)
         if self.log is not None:
             self.log.close()
 
@@ -370,7 +358,7 @@ def start_prefect_server(
         # SIGTERM by the kernel if this process dies: the same guard as the STAC API's
         preexec_fn=_die_with_parent,
     )
-    _LIVE.add(proc)
+    track(proc)
     server = PrefectServer(url=url, process=proc, log=log_file)
     try:
         _wait_healthy(server, startup_timeout)
@@ -398,16 +386,6 @@ def _wait_healthy(server: PrefectServer, timeout: float) -> None:
         f"the Prefect server at {server.url} did not answer within {timeout:.0f} s: "
         f"{server.log_tail()}"
     )
-
-
-@atexit.register
-def _stop_all() -> None:
-    for proc in list(_LIVE):
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
 
 
 # ---- serving -----------------------------------------------------------------------------------

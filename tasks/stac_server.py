@@ -12,8 +12,6 @@ interpreter exit, and on Linux the kernel sends it SIGTERM if the process that s
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
 import os
 import shutil
@@ -32,12 +30,11 @@ from typing import Any
 import httpx
 
 from tasks.errors import InputError, ServiceUnavailableError
+from tasks.processes import stop_process_group, track
 
 __all__ = ["StacServer", "free_port", "serve_stac"]
 
 log = logging.getLogger(__name__)
-
-_LIVE: set[subprocess.Popen[bytes]] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,17 +79,7 @@ class StacServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after `timeout` seconds)."""
-        proc = self.process
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=timeout)
-        _LIVE.discard(proc)
+        stop_process_group(self.process, timeout)
         if self.log is not None:
             self.log.close()
 
@@ -149,7 +136,7 @@ def serve_stac(
         stderr=log_file,
         preexec_fn=_die_with_parent,
     )
-    _LIVE.add(proc)
+    track(proc)
     server = StacServer(url=f"http://{addr}", process=proc, files=paths, log=log_file)
     try:
         _wait_ready(server, startup_timeout)
@@ -181,13 +168,3 @@ def _wait_ready(server: StacServer, timeout: float) -> None:
         f"the STAC API at {server.url} did not answer within {timeout:.0f} s; "
         "large archives take longer to load: raise startup_timeout."
     )
-
-
-@atexit.register
-def _stop_all() -> None:
-    for proc in list(_LIVE):
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)

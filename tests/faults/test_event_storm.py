@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from shapely.geometry import box, shape
 from flows.serve import PrefectServer, start_prefect_server
 from tasks.aoi_registry import WatchedAoi
 from tasks.events import acquisition_event, emit_confirmed
+from tasks.processes import stop_process_group
 from tasks.publish import list_products
 from tasks.stac_server import StacServer, free_port
 from tasks.synthetic import ArchiveInfo
@@ -120,15 +120,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         children = []
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
+    stop_process_group(proc, timeout)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()

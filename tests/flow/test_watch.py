@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from prefect.settings import PREFECT_API_URL
 from flows.watch import WatchParams, watch
 from tasks.aoi_registry import AoiRegistry, registry_url
 from tasks.events import acquisition_event, emit_confirmed
+from tasks.processes import stop_process_group
 from tasks.publish import list_products
 from tasks.settings import Settings
 from tasks.stac_server import StacServer, free_port, serve_stac
@@ -92,15 +92,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         children = []
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
+    stop_process_group(proc, timeout)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
