@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -60,6 +61,10 @@ def _main(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A command without PREFECT_API_URL runs its flow on a temporary Prefect server; that
+    # server reports usage to Prefect unless told not to (and logs an ERROR where it cannot
+    # reach the internet). Off unless the user set it. Prefect is not imported yet here.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _year_range(text: str | None, option: str) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
@@ -84,3 +85,14 @@ def test_eo_run_footprint_publishes_and_prints_a_summary(
     assert "published" in first.stdout and "item.json" in first.stdout
     assert again.returncode == 0 and "already there" in again.stdout
     assert len(list((tmp_path / "out").rglob("item.json"))) == 1
+
+
+def test_eo_turns_the_temporary_servers_usage_reports_off_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    runner.invoke(app, ["aoi", "list", "--help"])  # --help on a subcommand: the callback runs
+    assert os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED") == "false"
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")  # the user's choice stays
+    runner.invoke(app, ["aoi", "list", "--help"])
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
