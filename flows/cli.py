@@ -268,11 +268,16 @@ def version() -> None:
     print(v("eo-pipeline"))
 
 
-def _seed_list(text: str) -> list[int]:
+def _seed_list(text: str, option: str = "--seeds") -> list[int]:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: give comma-separated integers, e.g. 1,2,3") from None
+        seeds = []
+    if not seeds:
+        raise typer.BadParameter(
+            f"{text!r}: give comma-separated integers, e.g. 1,2,3", param_hint=option
+        )
+    return seeds
 
 
 def _pairs(text: str | None) -> list[tuple[int, int]] | None:
@@ -389,7 +394,10 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    seed: Annotated[int, typer.Option(help="Seed of a world never used in training.")],
+    seed: Annotated[
+        str,
+        typer.Option(help="Seed of a world never used in training; several: 101,102,103."),
+    ],
     weights: Annotated[
         Path | None, typer.Option(help="Weights folder that wins over the shipped one.")
     ] = None,
@@ -399,29 +407,49 @@ def evaluate_cmd(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
 ) -> None:
-    """Score the models and their classical baselines side by side on an unseen world."""
-    from flows.evaluate import EvaluateParams, evaluate
+    """Score the models and their classical baselines side by side on unseen worlds; with
+    several seeds, then the bars on every world (a bar is met where it is met on all)."""
+    from flows.evaluate import EvaluateParams, bar_summary, evaluate
 
-    params = EvaluateParams(
-        seed=seed,
-        world="tiny" if tiny else "demo",
-        weights_dir=None if weights is None else str(weights),
-        change_pairs=_pairs(change_pairs),
-        device=device,
-    )
-    try:
-        result = evaluate(params)
-    except PipelineError as err:
-        _fail(err)
-        return
-    table = Table(title=f"world {result.seed}: DL vs baseline")
-    for col in ("product", "metric", "DL", "baseline"):
-        table.add_column(col, justify="left" if col in ("product", "metric") else "right")
-    for product, metric, dl, base in result.rows:
-        table.add_row(product, metric, f"{dl:.3f}", f"{base:.3f}")
-    console.print(table)
-    for k, v in result.models.items():
+    results = []
+    for one in _seed_list(seed, "--seed"):
+        params = EvaluateParams(
+            seed=one,
+            world="tiny" if tiny else "demo",
+            weights_dir=None if weights is None else str(weights),
+            change_pairs=_pairs(change_pairs),
+            device=device,
+        )
+        try:
+            result = evaluate(params)
+        except PipelineError as err:
+            _fail(err)
+            return
+        results.append(result)
+        table = Table(title=f"world {result.seed}: DL vs baseline")
+        for col in ("product", "metric", "DL", "baseline"):
+            table.add_column(col, justify="left" if col in ("product", "metric") else "right")
+        for product, metric, dl, base in result.rows:
+            table.add_row(product, metric, f"{dl:.3f}", f"{base:.3f}")
+        console.print(table)
+    for k, v in results[-1].models.items():
         console.print(f"{k}: {v}")
+    if len(results) > 1:
+        table = Table(title="bars on every world (DL)")
+        for col in ("product", "metric", "bar", *(f"world {r.seed}" for r in results)):
+            table.add_column(col, justify="left" if col in ("product", "metric") else "right")
+        for col in ("mean", "met on all"):
+            table.add_column(col, justify="right")
+        for row in bar_summary(results):
+            table.add_row(
+                row.product,
+                row.metric,
+                f"{row.bar:.2f}",
+                *(f"{v:.3f}" for v in row.values),
+                f"{row.mean:.3f}",
+                "yes" if row.met_everywhere else "no",
+            )
+        console.print(table)
 
 
 @app.command("serve")

@@ -7,7 +7,9 @@ seed -> ensure-world (archive + composites + labels, cached) -> evaluate-models
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -17,7 +19,14 @@ from pydantic import BaseModel, Field
 from flows.train import WorldKind, ensure_world_task
 from tasks.errors import InputError
 
-__all__ = ["EvaluateParams", "EvaluateResult", "evaluate", "training_seeds"]
+__all__ = [
+    "BarRow",
+    "EvaluateParams",
+    "EvaluateResult",
+    "bar_summary",
+    "evaluate",
+    "training_seeds",
+]
 
 
 def training_seeds(weights_dir: str | None = None) -> frozenset[int]:
@@ -92,3 +101,53 @@ def evaluate(params: EvaluateParams) -> EvaluateResult:
     )
     print(result.markdown)
     return result
+
+
+class BarRow(NamedTuple):
+    """One acceptance bar across several evaluation worlds: the DL value on each world (in
+    the order of the results), their mean and worst, and whether every world reaches it and
+    beats its baseline."""
+
+    product: str
+    metric: str
+    bar: float
+    values: tuple[float, ...]
+    mean: float
+    worst: float
+    met_everywhere: bool
+
+
+def bar_summary(results: Sequence[EvaluateResult]) -> list[BarRow]:
+    """The project's bars (`models.training.evaluate.BARS`) over several worlds' results.
+
+    One world is a small sample: the worlds differ in clouds, growth and parcel sizes, and a
+    model's score moves by several points from one to the next, so a bar counts as met only
+    where it is met on every world evaluated (the mean is shown for comparison).
+    """
+    from models.training.evaluate import BARS
+
+    if not results:
+        raise InputError("no evaluation results to summarize; give at least one seed.")
+    rows = []
+    for (product, metric), bar in BARS.items():
+        pairs = [_row(r, product, metric) for r in results]
+        values = tuple(dl for dl, _ in pairs)
+        rows.append(
+            BarRow(
+                product,
+                metric,
+                bar,
+                values,
+                sum(values) / len(values),
+                min(values),
+                all(dl >= bar and dl > base for dl, base in pairs),
+            )
+        )
+    return rows
+
+
+def _row(result: EvaluateResult, product: str, metric: str) -> tuple[float, float]:
+    for p, m, dl, base in result.rows:
+        if (p, m) == (product, metric):
+            return dl, base
+    raise InputError(f"world {result.seed}'s evaluation has no {product} {metric} row.")

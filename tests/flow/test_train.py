@@ -84,3 +84,24 @@ def test_train_flow_writes_weights_then_evaluate_flow_scores_them(
 def test_evaluate_flow_refuses_a_training_seed(prefect_server: None) -> None:
     with pytest.raises(InputError, match="training world"):
         evaluate(EvaluateParams(seed=1))
+
+
+def test_eo_evaluate_on_several_worlds_ends_with_the_bars_on_every_world(
+    prefect_server: None, cache_dir: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    args = ["evaluate", "--tiny", "--change-pairs", "2012-2023,2013-2023"]
+    bad = runner.invoke(app, [*args, "--seed", "5,x"])
+    assert bad.exit_code == 2 and "comma-separated integers" in bad.output
+    # the same tiny world twice (built once): the wiring, not generalisation
+    done = runner.invoke(app, [*args, "--seed", f"{TINY_SEED},{TINY_SEED}"], terminal_width=200)
+    assert done.exit_code == 0, done.output
+    assert done.output.count(f"world {TINY_SEED}: DL vs baseline") == 2
+    summary = done.output.split("bars on every world")[1]
+    assert summary.count(f"world {TINY_SEED}") == 2 and "met on all" in summary
+    for name in ("change", "footprint", "dynamics"):
+        assert name in summary
