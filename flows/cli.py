@@ -6,7 +6,7 @@ eo discover --aoi ... --start ... --end ...   list scenes from any STAC API
 eo demo                                       the main job on the embedded default
 eo train KIND [--seeds 1,2,3] [--output DIR]  train a model on synthetic worlds
 eo train KIND --labels FILE --label-years Y   ... or on your own labels (raster / GeoParquet)
-eo evaluate --seed N                          models vs baselines on an unseen world
+eo evaluate --seed N[,M]                      models vs baselines on unseen worlds
 eo aoi add|list|remove|watch                  watched AOIs and one poll of them (flows/cli_aoi.py)
 eo serve [--name PATTERN] [--dry-run]         serve deployments/prefect.yaml (flows/serve.py)
 """
@@ -435,10 +435,11 @@ def evaluate_cmd(
     for k, v in results[-1].models.items():
         console.print(f"{k}: {v}")
     if len(results) > 1:
-        table = Table(title="bars on every world (DL)")
-        for col in ("product", "metric", "bar", *(f"world {r.seed}" for r in results)):
-            table.add_column(col, justify="left" if col in ("product", "metric") else "right")
-        for col in ("mean", "met on all"):
+        # narrow enough for 80 columns with four worlds: the world columns are headed by seed
+        table = Table(title="bars on every world: DL on the world of each seed")
+        for col in ("product", "metric"):
+            table.add_column(col, no_wrap=True)
+        for col in ("bar", *(str(r.seed) for r in results), "mean", "met on all"):
             table.add_column(col, justify="right")
         for row in bar_summary(results):
             table.add_row(

@@ -1,4 +1,4 @@
-"""The shipped weights on worlds they were never trained on (training seeds: 1, 2, 3).
+"""The shipped weights on worlds they were never trained on (training seeds: 1-8; dynamics 1-6).
 
 The fast test uses the session's tiny archive (another seed and a smaller, shorter world:
 change 2012/2013 -> 2023 at 30 m, footprint 2023 at 10 m); the slow one builds a full
