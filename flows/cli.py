@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -409,13 +409,19 @@ def evaluate_cmd(
 ) -> None:
     """Score the models and their classical baselines side by side on unseen worlds; with
     several seeds, then the bars on every world (a bar is met where it is met on all)."""
-    from flows.evaluate import EvaluateParams, bar_summary, evaluate
+    from flows.evaluate import EvaluateParams, bar_summary, check_unseen, evaluate
 
+    seeds = _seed_list(seed, "--seed")
+    world: Literal["demo", "tiny"] = "tiny" if tiny else "demo"
+    try:  # all of them before the first world is built
+        check_unseen(seeds, world=world, weights_dir=None if weights is None else str(weights))
+    except PipelineError as err:
+        _fail(err)
     results = []
-    for one in _seed_list(seed, "--seed"):
+    for one in seeds:
         params = EvaluateParams(
             seed=one,
-            world="tiny" if tiny else "demo",
+            world=world,
             weights_dir=None if weights is None else str(weights),
             change_pairs=_pairs(change_pairs),
             device=device,

@@ -24,6 +24,7 @@ __all__ = [
     "EvaluateParams",
     "EvaluateResult",
     "bar_summary",
+    "check_unseen",
     "evaluate",
     "training_seeds",
 ]
@@ -39,6 +40,19 @@ def training_seeds(weights_dir: str | None = None) -> frozenset[int]:
         for name in MODEL_NAMES.values()
         for seed in resolve(name, extra_dir=weights_dir)[0].training_data.world_seeds
     )
+
+
+def check_unseen(seeds: Sequence[int], *, world: str, weights_dir: str | None) -> None:
+    """Refuse demo-world `seeds` the shipped weights were trained on (a score on a training
+    world says nothing about generalisation). Other weights: their training is theirs."""
+    if world != "demo" or weights_dir is not None:
+        return
+    seen = training_seeds()
+    if bad := sorted(set(seeds) & seen):
+        raise InputError(
+            f"seed {', '.join(map(str, bad))}: a training world of the shipped weights "
+            f"({sorted(seen)}); choose another seed."
+        )
 
 
 class EvaluateParams(BaseModel):
@@ -84,13 +98,7 @@ def evaluate_task(root: str, params: EvaluateParams) -> EvaluateResult:
 @flow(name="evaluate", log_prints=True)
 def evaluate(params: EvaluateParams) -> EvaluateResult:
     """Build world `seed` and score the models against their baselines on it."""
-    if params.world == "demo" and params.weights_dir is None:
-        seen = training_seeds()
-        if params.seed in seen:
-            raise InputError(
-                f"seed {params.seed} is a training world of the shipped weights "
-                f"({sorted(seen)}); choose another seed."
-            )
+    check_unseen([params.seed], world=params.world, weights_dir=params.weights_dir)
     root = ensure_world_task(params.seed, world=params.world)
     result = evaluate_task(root, params)
     models = "\n".join(f"- {k}: {v}" for k, v in result.models.items())

@@ -97,6 +97,10 @@ def test_eo_evaluate_on_several_worlds_ends_with_the_bars_on_every_world(
     args = ["evaluate", "--tiny", "--change-pairs", "2012-2023,2013-2023"]
     bad = runner.invoke(app, [*args, "--seed", "5,x"])
     assert bad.exit_code == 2 and "comma-separated integers" in bad.output
+    # a training world among demo seeds: refused before the first world is built
+    seen = runner.invoke(app, ["evaluate", "--seed", "101,2"], terminal_width=200)
+    assert seen.exit_code == 2 and "seed 2: a training world" in seen.output, seen.output
+    assert "world 101" not in seen.output
     # the same tiny world twice (built once): the wiring, not generalisation
     done = runner.invoke(app, [*args, "--seed", f"{TINY_SEED},{TINY_SEED}"], terminal_width=200)
     assert done.exit_code == 0, done.output
