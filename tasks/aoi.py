@@ -196,6 +196,21 @@ class GridSpec:
     def crs(self) -> str:
         return f"EPSG:{self.epsg}"
 
+    def geotiff_profile(self, count: int, dtype: str = "float32", **options: Any) -> dict[str, Any]:
+        """A rasterio GeoTIFF profile of `count` bands of `dtype` on this grid; `options`
+        (compression, tiling, nodata, ...) are added as given."""
+        rows, cols = self.shape
+        return {
+            "driver": "GTiff",
+            "width": cols,
+            "height": rows,
+            "count": count,
+            "dtype": dtype,
+            "crs": self.crs,
+            "transform": self.transform,
+            **options,
+        }
+
     def to_geojson(self) -> dict[str, Any]:
         """The grid's footprint as a GeoJSON geometry in EPSG:4326."""
         poly = reproject_geometry(

@@ -467,19 +467,7 @@ def pin_reference(
 
 
 def _geotiff_bytes(image: np.ndarray, grid: GridSpec) -> bytes:
-    rows, cols = grid.shape
-    profile = {
-        "driver": "GTiff",
-        "width": cols,
-        "height": rows,
-        "count": 1,
-        "dtype": "float32",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": float("nan"),
-        "compress": "deflate",
-        "predictor": 3,
-    }
+    profile = grid.geotiff_profile(1, nodata=float("nan"), compress="deflate", predictor=3)
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
             dst.write(image, 1)

@@ -413,18 +413,8 @@ def _write_tile(path: Path, bands: dict[str, np.ndarray], grid: GridSpec, *, met
     """Write `bands` on `grid` as a float32 GeoTIFF, atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    rows, cols = grid.shape
-    profile = {
-        "driver": "GTiff",
-        "width": cols,
-        "height": rows,
-        "count": len(bands),
-        "dtype": "float32",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": float("nan"),
-        "compress": "deflate",  # lossless: the mosaic is bit-identical to the arrays
-    }
+    # lossless: the mosaic is bit-identical to the arrays
+    profile = grid.geotiff_profile(len(bands), nodata=float("nan"), compress="deflate")
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
             for i, (name, values) in enumerate(bands.items(), start=1):

@@ -265,23 +265,17 @@ def write_raster(
     if not names:
         raise InputError("rasters: no bands given.")
     rows, cols = grid.shape
-    profile = {
-        "driver": "GTiff",
-        "width": cols,
-        "height": rows,
-        "count": len(names),
-        "dtype": "float32",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": WINDOW_PX,
-        "blockysize": WINDOW_PX,
+    profile = grid.geotiff_profile(
+        len(names),
+        nodata=nodata,
+        tiled=True,
+        blockxsize=WINDOW_PX,
+        blockysize=WINDOW_PX,
         # lossless and fast (level 1: a fifth of the default's time, measured on 2048 px
         # products); an intermediate file, read twice, never published
-        "compress": "deflate",
-        "zlevel": 1,
-    }
+        compress="deflate",
+        zlevel=1,
+    )
     stats = [_BandStats() for _ in names]
     written = 0
     fill = np.float32(nodata)

@@ -121,19 +121,9 @@ def scene_record(acq: Acquisition, rendered: RenderedItem) -> dict[str, Any]:
 
 
 def _write_stack(path: Path, stack: NDArray[np.uint8], grid: GridSpec, names: list[str]) -> None:
-    profile = {
-        "driver": "GTiff",
-        "width": grid.shape[1],
-        "height": grid.shape[0],
-        "count": stack.shape[0],
-        "dtype": "uint8",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "compress": "deflate",
-        "tiled": True,
-        "blockxsize": 128,
-        "blockysize": 128,
-    }
+    profile = grid.geotiff_profile(
+        stack.shape[0], "uint8", compress="deflate", tiled=True, blockxsize=128, blockysize=128
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(stack)
         for i, name in enumerate(names, start=1):
