@@ -89,11 +89,10 @@ def test_pixel_gru_probability_is_monotonic_and_carried_over_missing_years() -> 
     assert torch.equal(prob[:, 3], prob[:, 2]) and torch.equal(prob[:, 4], prob[:, 2])
 
 
-def test_pixel_gru_ignores_the_values_of_missing_years() -> None:
-    torch.manual_seed(0)
-    model = PixelGRU(3, hidden=8).eval()
-    x = torch.randn(1, 5, 3, 2, 2)
-    missing = torch.zeros(1, 5, 2, 2, dtype=torch.bool)
+def _assert_missing_values_ignored(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """Year 1 of an input of `shape` (B, T, C, y, x), flagged missing, may hold anything."""
+    x = torch.randn(*shape)
+    missing = torch.zeros(shape[:2] + shape[3:], dtype=torch.bool)
     missing[:, 1] = True
     garbage = x.clone()
     garbage[:, 1] = 1e3
@@ -101,6 +100,11 @@ def test_pixel_gru_ignores_the_values_of_missing_years() -> None:
         assert torch.equal(model(x, missing), model(garbage, missing))
         # ... but the same values, observed, do change the result
         assert not torch.equal(model(x, None), model(garbage, None))
+
+
+def test_pixel_gru_ignores_the_values_of_missing_years() -> None:
+    torch.manual_seed(0)
+    _assert_missing_values_ignored(PixelGRU(3, hidden=8).eval(), (1, 5, 3, 2, 2))
 
 
 def test_bidirectional_pixel_gru_shapes_and_gradients() -> None:
@@ -132,14 +136,7 @@ def test_bidirectional_pixel_gru_uses_later_years_and_stays_monotonic() -> None:
 def test_bidirectional_pixel_gru_ignores_missing_values_and_chunks_alike() -> None:
     torch.manual_seed(0)
     model = PixelGRU(3, hidden=8, bidirectional=True).eval()
-    x = torch.randn(1, 5, 3, 2, 3)
-    missing = torch.zeros(1, 5, 2, 3, dtype=torch.bool)
-    missing[:, 1] = True
-    garbage = x.clone()
-    garbage[:, 1] = 1e3
-    with torch.no_grad():
-        assert torch.equal(model(x, missing), model(garbage, missing))
-        assert not torch.equal(model(x, None), model(garbage, None))
+    _assert_missing_values_ignored(model, (1, 5, 3, 2, 3))
     # without gradients, long pixel batches run in chunks: the same numbers
     big = torch.randn(1, 4, 3, 1, 20000)
     with torch.no_grad():
