@@ -16,6 +16,11 @@ Bands are `BANDS` (the harmonized bands of `tasks.harmonize.HARMONIZED_BANDS`), 
 (`tasks.ard.composites_for`: cloud mask, co-registration, harmonization, median), so a model
 sees exactly what inference will feed it.
 
+Each world pins its own co-registration reference (`world_state_url`): the chain keeps one
+reference per grid, right for the one real Earth, but the worlds of one configuration differ
+only by seed and so share their grid — world 2 would otherwise be matched against an image of
+world 1, and most of its scenes rejected or misplaced.
+
 Why these grids: change and dynamics run on 30 m because Landsat is the only sensor of the
 early years; the footprint runs on 10 m Sentinel-2 (recent years only) because the truth is
 10 m and a 30 m map cannot reach a high IoU on 10 m parcels (mixed edge pixels).
@@ -66,6 +71,7 @@ __all__ = [
     "scene_refs",
     "world_config",
     "world_from_archive",
+    "world_state_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,7 +82,8 @@ BANDS: tuple[str, ...] = tuple(HARMONIZED_BANDS)
 COARSE = 3
 #: Share of 10 m truth pixels that makes a 30 m label positive (majority of the footprint).
 LABEL_SHARE = 0.5
-_CACHE_VERSION = 1
+#: 2: a co-registration reference per world.
+_CACHE_VERSION = 2
 
 
 def world_config(seed: int, base: ArchiveConfig = DEMO_CONFIG, **overrides: Any) -> ArchiveConfig:
@@ -170,6 +177,13 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+def world_state_url(config: ArchiveConfig, cache_dir: Path) -> str:
+    """Where world `config` pins its co-registration reference: a folder of its own (module
+    docstring), ``<cache_dir>/state/worlds/world-<seed>-<config hash>``."""
+    folder = cache_dir / "state" / "worlds" / f"world-{config.seed}-{config_hash(config)}"
+    return str(folder.resolve())
+
+
 def world_from_archive(
     root: Path,
     *,
@@ -231,8 +245,11 @@ def _build(
 ) -> WorldData:
     scenes = scene_refs(archive_items(root))
     grid30 = coarse_grid(truth.grid)
+    state = world_state_url(truth.config, cache_dir)
     log.info("world %d: annual composites of %d scenes", truth.config.seed, len(scenes))
-    ref = composites_for(scenes, grid30, "year", options=options, cache_dir=cache_dir)
+    ref = composites_for(
+        scenes, grid30, "year", options=options, cache_dir=cache_dir, state_url=state
+    )
     years = tuple(y for y in truth.years if str(y) in ref.periods)
     annual = np.full((len(years), len(BANDS), *grid30.shape), np.nan, dtype=np.float32)
     for i, y in enumerate(years):
@@ -251,7 +268,9 @@ def _build(
         str(footprint_year): (f"{footprint_year}-01-01", f"{footprint_year}-12-31")
     }
     log.info("world %d: %d m composite of %d Sentinel-2 scenes", truth.config.seed, 10, len(s2))
-    ref10 = composites_for(s2, truth.grid, period, options=options, cache_dir=cache_dir)
+    ref10 = composites_for(
+        s2, truth.grid, period, options=options, cache_dir=cache_dir, state_url=state
+    )
     refl10, _ = read_composite(ref10, str(footprint_year))
     return WorldData(
         seed=truth.config.seed,
