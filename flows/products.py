@@ -33,6 +33,7 @@ from flows.params import (
 )
 from tasks.aoi import AoiLike, GridSpec, grid_for_aoi, parse_aoi, reproject_geometry
 from tasks.ard import PeriodArg
+from tasks.composite import growing_season
 from tasks.discover import discover_scenes
 from tasks.errors import InputError
 from tasks.products import (
@@ -222,6 +223,13 @@ def urban_dynamics(params: UrbanDynamicsParams) -> ProductSummary:
     return summary
 
 
+def _season_range(year: int) -> DateRange:
+    """The growing season of `year` (`tasks.composite.GROWING_SEASON`): the change model's
+    composites."""
+    start, end = growing_season(year)
+    return DateRange(start=date.fromisoformat(start), end=date.fromisoformat(end))
+
+
 @flow(name="monitor")
 def monitor(params: MonitorParams) -> list[ProductSummary]:
     """End to end for one AOI: the products asked for, newest state first.
@@ -242,7 +250,7 @@ def monitor(params: MonitorParams) -> list[ProductSummary]:
     out: list[ProductSummary] = []
     if "footprint" in params.products:
         out.append(urban_footprint(UrbanFootprintParams(**common, year=last)))
-    if "change" in params.products and date(last, 4, 1) > now.date():
+    if "change" in params.products and date.fromisoformat(growing_season(last)[0]) > now.date():
         # a run triggered by a January-March acquisition: that season has no data yet
         logger.warning("change: the %d growing season has not begun; not made this time", last)
     elif "change" in params.products:
@@ -251,8 +259,8 @@ def monitor(params: MonitorParams) -> list[ProductSummary]:
                 ChangeDetectionParams(
                     **common,
                     collections=params.collections,
-                    before=DateRange(start=date(before_year, 4, 1), end=date(before_year, 10, 31)),
-                    after=DateRange(start=date(last, 4, 1), end=date(last, 10, 31)),
+                    before=_season_range(before_year),
+                    after=_season_range(last),
                 )
             )
         )

@@ -40,11 +40,13 @@ from prefect.cache_policies import NO_CACHE
 from tasks.errors import InputError
 
 __all__ = [
+    "GROWING_SEASON",
     "Period",
     "annual_composites",
     "build_composites",
     "composite",
     "composite_pair",
+    "growing_season",
     "make_annual_composites",
     "make_composite_pair",
     "medoid",
@@ -71,6 +73,17 @@ _SEASONS |= {6: "JJA", 7: "JJA", 8: "JJA", 9: "SON", 10: "SON", 11: "SON"}
 _SEASON_START = {"DJF": 12, "MAM": 3, "JJA": 6, "SON": 9}
 
 _MASK_BANDS = ("scl", "qa_pixel")
+
+#: The growing season of the mid-latitudes, (first, last) day as MM-DD, inclusive: 1 April to
+#: 31 October. The change product compares one season with another (the monitor flow's default,
+#: and what the change model is trained on): winter scenes (snow, low sun, bare fields) would
+#: make a composite's phenology depend on which months happened to be clear.
+GROWING_SEASON: tuple[str, str] = ("04-01", "10-31")
+
+
+def growing_season(year: int, season: tuple[str, str] = GROWING_SEASON) -> tuple[str, str]:
+    """The inclusive ISO date range of `season` (MM-DD, MM-DD) in `year`."""
+    return (f"{year:04d}-{season[0]}", f"{year:04d}-{season[1]}")
 
 
 @dataclass(frozen=True)

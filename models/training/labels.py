@@ -68,6 +68,7 @@ from models.training.data import BANDS, LABEL_SHARE, WorldData
 from models.training.split import split_by_area
 from tasks.aoi import AoiLike, GridSpec, grid_for_aoi, parse_aoi, reproject_geometry
 from tasks.ard import ArdOptions, composites_for, read_composite
+from tasks.composite import growing_season
 from tasks.discover import discover
 from tasks.errors import InputError, TransientIOError
 from tasks.refs import SceneRef
@@ -549,8 +550,9 @@ def label_periods(
     first_year: int | None = None,
     last_year: int | None = None,
 ) -> dict[str, tuple[str, str]]:
-    """The calendar-year composite periods ``{"YYYY": (start, end)}`` the labels refer to:
-    footprint `year`; change `before` and `after`; dynamics `first_year`..`last_year`.
+    """The composite periods ``{"YYYY": (start, end)}`` the labels refer to: footprint `year`
+    and dynamics `first_year`..`last_year` (calendar years); change `before` and `after` (their
+    growing seasons, `tasks.composite.GROWING_SEASON`, as the change model is trained).
     Raises `InputError` naming the parameter when one is missing, misplaced or out of range."""
     given = {
         "year": year,
@@ -590,6 +592,8 @@ def label_periods(
                 f"last_year ({last_year}) must be >= first_year + 2 ({first_year + 2})."
             )
         years = list(range(first_year, last_year + 1))
+    if kind == "change":  # the change model compares growing seasons (`GROWING_SEASON`)
+        return {str(y): growing_season(y) for y in years}
     return {str(y): (f"{y}-01-01", f"{y}-12-31") for y in years}
 
 
@@ -737,7 +741,7 @@ def label_world(
 
     `aoi` (EPSG:4326; default: the labels' extent) sets the model grid
     (``grid_for_aoi(aoi, RESOLUTION[kind])``, as the product flows do). The composites are
-    annual (calendar years, see `label_periods`) from `collections` (default
+    annual (calendar years or growing seasons, see `label_periods`) from `collections` (default
     `DEFAULT_COLLECTIONS`) of the STAC API `stac_url` (default ``EO_STAC_API_URL``), built by
     `composites_for` (cached under `cache_dir`). `val_edge`: the edge whose `val_fraction`
     band is held out for validation (default: picked by the labels' hash).

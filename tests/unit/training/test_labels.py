@@ -349,11 +349,12 @@ def test_label_periods_name_the_parameter_to_change(
         label_periods(kind, **years)
 
 
-def test_label_periods_are_calendar_years() -> None:
+def test_label_periods_are_growing_seasons_for_change_calendar_years_else() -> None:
     assert label_periods("change", before=2012, after=2023) == {
-        "2012": ("2012-01-01", "2012-12-31"),
-        "2023": ("2023-01-01", "2023-12-31"),
+        "2012": ("2012-04-01", "2012-10-31"),
+        "2023": ("2023-04-01", "2023-10-31"),
     }
+    assert label_periods("footprint", year=2023) == {"2023": ("2023-01-01", "2023-12-31")}
     assert list(label_periods("dynamics", first_year=2012, last_year=2015)) == [
         "2012",
         "2013",
