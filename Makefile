@@ -40,7 +40,7 @@ format: install
 # split over another number of threads rounds differently (another sha256), and torch's spinning
 # threads slow down many times over when another process shares the cores.
 weights: install
-	OMP_NUM_THREADS=1 $(VENV)/bin/eo train dynamics --seeds 1,2,3,4,5,6 --output models/weights
+	OMP_NUM_THREADS=1 $(VENV)/bin/eo train dynamics --seeds 1,2,3,4,5,6,7,8 --output models/weights
 	OMP_NUM_THREADS=1 $(VENV)/bin/eo train change --seeds 1,2,3,4,5,6,7,8 --output models/weights
 	OMP_NUM_THREADS=1 $(VENV)/bin/eo train footprint --seeds 1,2,3,4,5,6,7,8 --output models/weights
 
