@@ -250,7 +250,7 @@ def monitor(params: MonitorParams) -> list[ProductSummary]:
     out: list[ProductSummary] = []
     if "footprint" in params.products:
         out.append(urban_footprint(UrbanFootprintParams(**common, year=last)))
-    if "change" in params.products and date.fromisoformat(growing_season(last)[0]) > now.date():
+    if "change" in params.products and _season_range(last).start > now.date():
         # a run triggered by a January-March acquisition: that season has no data yet
         logger.warning("change: the %d growing season has not begun; not made this time", last)
     elif "change" in params.products:

@@ -81,9 +81,10 @@ _MASK_BANDS = ("scl", "qa_pixel")
 GROWING_SEASON: tuple[str, str] = ("04-01", "10-31")
 
 
-def growing_season(year: int, season: tuple[str, str] = GROWING_SEASON) -> tuple[str, str]:
-    """The inclusive ISO date range of `season` (MM-DD, MM-DD) in `year`."""
-    return (f"{year:04d}-{season[0]}", f"{year:04d}-{season[1]}")
+def growing_season(year: int) -> tuple[str, str]:
+    """The `GROWING_SEASON` of `year` as an inclusive (start, end) pair of ISO dates."""
+    first, last = GROWING_SEASON
+    return (f"{year:04d}-{first}", f"{year:04d}-{last}")
 
 
 @dataclass(frozen=True)
