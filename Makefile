@@ -34,15 +34,16 @@ format: install
 	$(VENV)/bin/ruff format flows tasks models tests benchmarks
 	$(VENV)/bin/ruff check --fix flows tasks models tests benchmarks
 
-# Reproduce the shipped weights (models/weights/README.md): synthetic worlds 1-6 (dynamics) and 1-8,
-# ~60 min on 2 cores, half of it building the worlds the first time.
+# Reproduce the shipped weights (models/weights/README.md): every model on synthetic worlds 1-8,
+# ~60 min on 2 cores, a third of it building the worlds the first time.
 # One torch thread, as the shipped weights were trained: a float reduction
 # split over another number of threads rounds differently (another sha256), and torch's spinning
 # threads slow down many times over when another process shares the cores.
+WEIGHT_SEEDS := 1,2,3,4,5,6,7,8
 weights: install
-	OMP_NUM_THREADS=1 $(VENV)/bin/eo train dynamics --seeds 1,2,3,4,5,6,7,8 --output models/weights
-	OMP_NUM_THREADS=1 $(VENV)/bin/eo train change --seeds 1,2,3,4,5,6,7,8 --output models/weights
-	OMP_NUM_THREADS=1 $(VENV)/bin/eo train footprint --seeds 1,2,3,4,5,6,7,8 --output models/weights
+	OMP_NUM_THREADS=1 $(VENV)/bin/eo train dynamics --seeds $(WEIGHT_SEEDS) --output models/weights
+	OMP_NUM_THREADS=1 $(VENV)/bin/eo train change --seeds $(WEIGHT_SEEDS) --output models/weights
+	OMP_NUM_THREADS=1 $(VENV)/bin/eo train footprint --seeds $(WEIGHT_SEEDS) --output models/weights
 
 evaluate: install
 	$(VENV)/bin/eo evaluate --seed 101,102,103,104
