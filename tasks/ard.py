@@ -35,11 +35,12 @@ Co-registration reference: pinned once per grid
 Every scene is shifted onto one reference image. Were that the clearest scene of each request (as
 `tasks.coregister.select_reference` picks it), one new clear scene could become the reference and
 move every period's shifts, and an incremental result would differ from a recompute. So the
-reference is chosen once per grid — the clearest scene (within 2 % of it: the sharper sensor,
-then the earliest) among the scenes of the first request on that grid — and kept as state in
-``<state_url>/coregistration/``: ``<key>.json`` (scene id, sensor, date, sha256, grid) and the
-reference image itself, ``<key>-<sha>.tif`` (its masked NIR band on the grid, float32; the image,
-not the id, so that neither the request's dates nor a reprocessed archive item can change it).
+reference is chosen once per grid — the clearest scene (within 10 % of it: the sharper sensor,
+`tasks.coregister.SHARPER_MARGIN`) among the scenes of the first request on that grid — and
+kept as state in ``<state_url>/coregistration/``: ``<key>.json`` (scene id, sensor, date,
+sha256, grid) and the reference image itself, ``<key>-<sha>.tif`` (its masked NIR band on the
+grid, float32; the image, not the id, so that neither the request's dates nor a reprocessed
+archive item can change it).
 Every later request on the grid, for any dates and product, is matched against that image: the
 'before' and 'after' of a change share one geometry, each period depends on its own scenes only,
 and incremental == full recompute for the same state. Trade-offs:
@@ -96,7 +97,13 @@ from rasterio.windows import Window
 from tasks.aoi import GridSpec
 from tasks.cloudmask import mask_stack
 from tasks.composite import DateRange, Method, Period, build_composites, parse_periods
-from tasks.coregister import DEFAULT_BAND, ReferenceImage, apply_shifts, estimate_shifts
+from tasks.coregister import (
+    DEFAULT_BAND,
+    SHARPER_MARGIN,
+    ReferenceImage,
+    apply_shifts,
+    estimate_shifts,
+)
 from tasks.coregister import select_reference as _select_reference
 from tasks.errors import InputError, PipelineError
 from tasks.harmonize import HARMONIZED_BANDS, harmonize
@@ -135,8 +142,9 @@ MIN_REFERENCE_VALID = 0.5
 #: Scenes whose cloud-mask clear fraction is within this share of the best are the candidates
 #: for a pinned reference. `select_reference` ranks them on its own clear share (valid NIR as
 #: well), which differs from the mask's by the few % of missing data at most, and prefers the
-#: sharper sensor within 2 % of the best: 10 % keeps every scene it could pick (our margin).
-_CANDIDATE_MARGIN = 0.1
+#: sharper sensor within `SHARPER_MARGIN` (10 %) of the best: 5 % more keeps every scene it
+#: could pick (our margin).
+_CANDIDATE_MARGIN = SHARPER_MARGIN + 0.05
 #: Part of every cache key and of the state's key: bump it when what a key stands for changes.
 _KEY_VERSION = 2
 _STATE_DIR = "coregistration"

@@ -82,8 +82,10 @@ BANDS: tuple[str, ...] = tuple(HARMONIZED_BANDS)
 COARSE = 3
 #: Share of 10 m truth pixels that makes a 30 m label positive (majority of the footprint).
 LABEL_SHARE = 0.5
-#: 2: a co-registration reference per world.
-_CACHE_VERSION = 2
+#: 2: a co-registration reference per world. 3: that reference is the sharper sensor's within
+#: `tasks.coregister.SHARPER_MARGIN` of the clearest scene (the version is part of the pin's
+#: folder, so a cache made before picks it anew).
+_CACHE_VERSION = 3
 
 
 def world_config(seed: int, base: ArchiveConfig = DEMO_CONFIG, **overrides: Any) -> ArchiveConfig:
@@ -179,8 +181,9 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def world_state_url(config: ArchiveConfig, cache_dir: Path) -> str:
     """Where world `config` pins its co-registration reference: a folder of its own (module
-    docstring), ``<cache_dir>/state/worlds/world-<seed>-<config hash>``."""
-    folder = cache_dir / "state" / "worlds" / f"world-{config.seed}-{config_hash(config)}"
+    docstring), ``<cache_dir>/state/worlds/world-<seed>-<config hash>-v<cache version>``."""
+    name = f"world-{config.seed}-{config_hash(config)}-v{_CACHE_VERSION}"
+    folder = cache_dir / "state" / "worlds" / name
     return str(folder.resolve())
 
 

@@ -322,6 +322,28 @@ def test_select_reference_prefers_clear_then_sharp() -> None:
     assert np.allclose(median.image, img)  # median of the two Sentinel-2 scenes (NaN skipped)
 
 
+@pytest.mark.parametrize(
+    ("s2_clear_rows", "expected"),
+    [
+        ((91, 87), "scene-1"),  # Sentinel-2 95 % and 91 % clear: the clearer Sentinel-2 one
+        ((84, 80), "scene-0"),  # 87 % / 83 % clear: beyond the margin, the clear Landsat scene
+    ],
+)
+def test_select_reference_takes_the_sharper_sensor_within_the_margin(
+    s2_clear_rows: tuple[int, int], expected: str
+) -> None:
+    # the reference's own misregistration goes to every scene matched to it: a fully clear
+    # Landsat scene loses to a Sentinel-2 one at least 1 - SHARPER_MARGIN as clear
+    img = texture((96, 96), seed=12)
+    s2 = []
+    for rows in s2_clear_rows:
+        part = img.copy()
+        part[rows:] = np.nan
+        s2.append(part)
+    stack = make_stack([img, *s2], platforms=["landsat-9", "sentinel-2a", "sentinel-2b"])
+    assert select_reference(stack).label == expected
+
+
 # ---- one scene, application ------------------------------------------------------------------
 def test_coregister_stack_single_scene_unchanged() -> None:
     img = texture((64, 64), seed=13)
