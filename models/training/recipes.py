@@ -44,6 +44,7 @@ from models.training.metrics import binary_scores, year_agreement
 from models.training.split import AreaSplit, Box, sample_windows, split_by_area
 from models.unet import UNet
 from tasks.errors import InputError
+from tasks.infer import urbanization_year
 
 __all__ = [
     "CHANGE_PAIRS",
@@ -642,14 +643,22 @@ class _DynamicsProblem(Problem):
         p = cumulative_probability(z_all[None], temperature=t)[0].numpy()
         y = y_all.numpy().astype(bool)
         years = self.worlds[0].years
-        pred_year = first_built_year(p >= 0.5, years)
         true_year = first_built_year(y, years)
         urbanizing = np.asarray(y[-1] & ~y[0])
-        agree = year_agreement(pred_year[urbanizing], true_year[urbanizing])
+        # the year as the inference engine gives it (its default rule), and by the median rule
+        agree, by_median = (
+            year_agreement(
+                urbanization_year(p, np.asarray(years), rule=rule)[urbanizing],
+                true_year[urbanizing],
+            )
+            for rule in ("window", "median")
+        )
         scores = binary_scores(p >= 0.5, y)
         metrics = {
             "val_year_within_1": agree["within"],
             "val_year_mae": agree["mae"],
+            "val_year_within_1_median_rule": by_median["within"],
+            "val_year_mae_median_rule": by_median["mae"],
             "val_urbanizing_pixels": agree["n"],
             "val_built_f1": scores["f1"],
             "val_built_iou": scores["iou"],

@@ -31,6 +31,7 @@ from tasks.infer import (
     predict_footprint,
     resolve_device,
     tile_windows,
+    urbanization_year,
 )
 from tasks.settings import Settings
 from tests.unit.models.factories import (
@@ -291,12 +292,39 @@ def test_dynamics_probability_is_monotonic_and_gives_the_year() -> None:
     assert np.all(np.diff(prob[:, 1:, 1:], axis=0) >= 0)
     np.testing.assert_array_equal(prob[3], prob[2])  # carried over the missing year
     assert not ds["valid"].values[0, 0] and np.isnan(prob[:, 0, 0]).all()
-    year = ds["urbanization_year"].values
+    median = predict_dynamics(model, spec, annual, tile=8, device="cpu", year_rule="median")
+    year = median["urbanization_year"].values
     assert np.isnan(year[0, 0])
     for iy, ix in [(5, 5), (10, 3), (19, 17)]:
         built = np.flatnonzero(prob[:, iy, ix] >= 0.5)
         expected = years[built[0]] if built.size else np.nan
         np.testing.assert_equal(year[iy, ix], expected)
+    np.testing.assert_array_equal(
+        ds["urbanization_year"].values, urbanization_year(prob, np.asarray(years))
+    )
+    with pytest.raises(InputError, match="year_rule 'mode'"):
+        predict_dynamics(model, spec, annual, device="cpu", year_rule="mode")  # type: ignore[arg-type]
+
+
+def test_urbanization_year_rules() -> None:
+    years = np.arange(2000, 2010)
+    # the year distribution (increments of P, the rest "never") of four pixels
+    mass = np.zeros((10, 4))
+    mass[[1, 3, 5, 6, 7], 0] = [0.2, 0.2, 0.15, 0.15, 0.15]  # median 2005, best window 2006
+    mass[[0, 4], 1] = [0.9, 0.1]  # built in the first year (its mass holds "before" too)
+    mass[8, 2] = 0.4  # P < 0.5 by the last year: not urbanized
+    mass[:, 3] = np.nan  # never observed
+    prob = np.cumsum(mass, axis=0)[:, None, :]  # (year, y=1, x=4)
+    window = urbanization_year(prob, years)[0]
+    median = urbanization_year(prob, years, rule="median")[0]
+    np.testing.assert_array_equal(window, [2006, 2000, np.nan, np.nan])
+    np.testing.assert_array_equal(median, [2005, 2000, np.nan, np.nan])
+    # the window year is within ±1 of the true year with probability 0.45 (2005-2007), the
+    # median one with 0.30 (2004-2006): the window rule is the Bayes decision for that metric
+    in_window = [mass[max(0, int(y - 2000) - 1) : int(y - 2000) + 2, 0].sum() for y in (2006, 2005)]
+    np.testing.assert_allclose(in_window, [0.45, 0.30])
+    with pytest.raises(InputError, match="not one of"):
+        urbanization_year(prob, years, rule="mean")  # type: ignore[arg-type]
 
 
 def test_dynamics_tiles_equal_a_full_frame_pass() -> None:
