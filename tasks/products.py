@@ -181,7 +181,11 @@ def change_map(
             net, spec = load_model(model, device=dev)
             ds = predict_change(net, spec, b, a, device=dev, select_bands=True)
         prob, confidence = ds["probability"], ds["confidence"]
-        attrs = {"method": spec.name, "weights_sha256": spec.sha256}
+        attrs = {
+            "method": spec.name,
+            "weights_sha256": spec.sha256,
+            "year_rule": ds.attrs["year_rule"],
+        }
     return _binary_product(prob, confidence, count, threshold, attrs)
 
 

@@ -145,7 +145,8 @@ _DESCRIPTIONS = {
     "probability": "calibrated probability of the positive class (0-1)",
     "binary": "1 where probability >= threshold, else 0",
     "confidence": "probability of the predicted class (0-1)",
-    "urbanization_year": "first calendar year mapped as built-up",
+    "urbanization_year": "year the pixel became built-up (model: centre of the most probable "
+    "3-year window of its year distribution; baseline: index breakpoint)",
 }
 
 
