@@ -181,11 +181,7 @@ def change_map(
             net, spec = load_model(model, device=dev)
             ds = predict_change(net, spec, b, a, device=dev, select_bands=True)
         prob, confidence = ds["probability"], ds["confidence"]
-        attrs = {
-            "method": spec.name,
-            "weights_sha256": spec.sha256,
-            "year_rule": ds.attrs["year_rule"],
-        }
+        attrs = {"method": spec.name, "weights_sha256": spec.sha256}
     return _binary_product(prob, confidence, count, threshold, attrs)
 
 
@@ -283,7 +279,11 @@ def dynamics_map(
             if "year" in ds["confidence"].dims
             else ds["confidence"]
         )
-        attrs = {"method": spec.name, "weights_sha256": spec.sha256}
+        attrs = {
+            "method": spec.name,
+            "weights_sha256": spec.sha256,
+            "year_rule": ds.attrs["year_rule"],
+        }
     return xr.Dataset(
         {
             "urbanization_year": year.astype("float32"),

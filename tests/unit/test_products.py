@@ -14,7 +14,8 @@ import shapely
 import torch
 import xarray as xr
 
-from models.registry import save_weights
+from models.registry import load_model, save_weights
+from models.training.recipes import MODEL_NAMES
 from models.unet import UNet
 from tasks.aoi import GridSpec
 from tasks.ard import CompositeRef, write_composites
@@ -104,6 +105,17 @@ def test_dynamics_baseline_finds_the_year(tmp_path: Path) -> None:
     assert np.nanmedian(years[BLOCK]) == 2005
     assert np.isnan(years[0, 0])  # never urbanized
     assert int(ds["count"].max()) == 10
+
+
+def test_dynamics_with_the_shipped_model_records_its_year_rule(tmp_path: Path) -> None:
+    layers = {str(2000 + i): _surface(i >= 5) for i in range(10)}
+    ref = _write(tmp_path / "annual", layers, dict.fromkeys(layers, 2))
+    _, spec = load_model(MODEL_NAMES["dynamics"])
+    ds = dynamics_map(ref, model=spec.name, device="cpu")
+    assert ds.attrs["year_rule"] == "window" and ds.attrs["weights_sha256"] == spec.sha256
+    years = ds["urbanization_year"].values
+    assert abs(np.nanmedian(years[BLOCK]) - 2005) <= 1
+    assert np.isnan(years[0, 0])  # never urbanized
 
 
 def test_thresholds_out_of_range_are_refused(pair: CompositeRef) -> None:
