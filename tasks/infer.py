@@ -132,8 +132,7 @@ def urbanization_year(
       expected absolute error and agrees with thresholding each year's P, but lands late in
       long gaps. Measured on the validation and test worlds: models/weights/README.md.
     """
-    if rule not in get_args(YearRule):
-        raise InputError(f"year rule {rule!r} is not one of {list(get_args(YearRule))}.")
+    _check_year_rule(rule)
     prob = np.asarray(probability, dtype=np.float64)
     years = np.asarray(years)
     with np.errstate(invalid="ignore"):
@@ -150,6 +149,11 @@ def urbanization_year(
             # "before" too, so the window one year later would hold as much)
             at = np.where(prob[0] >= threshold, 0, at)
     return np.where(urbanized, years[at].astype(np.float32), np.float32(np.nan))
+
+
+def _check_year_rule(rule: str) -> None:
+    if rule not in get_args(YearRule):
+        raise InputError(f"year_rule {rule!r} is not one of {list(get_args(YearRule))}.")
 
 
 # ---- tiles and blending weights --------------------------------------------------------------
@@ -750,8 +754,7 @@ def predict_dynamics(
         overlap = 4 * int(spec.kwargs.get("context", 0))
     if not 0.0 < threshold < 1.0:
         raise InputError(f"threshold must be in (0, 1), got {threshold}.")
-    if year_rule not in get_args(YearRule):
-        raise InputError(f"year_rule {year_rule!r} is not one of {list(get_args(YearRule))}.")
+    _check_year_rule(year_rule)  # before the inference, not after it
     da = _reflectance(annual, "annual")
     dim, years = annual_axis(da)
     da = _prepare(da, spec, (dim,), "annual", select_bands)
