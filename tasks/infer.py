@@ -112,7 +112,7 @@ YearRule = Literal["window", "median"]
 
 def urbanization_year(
     probability: np.ndarray,
-    years: np.ndarray,
+    years: Sequence[int] | np.ndarray,
     *,
     threshold: float = URBAN_THRESHOLD,
     rule: YearRule = "window",
@@ -134,7 +134,7 @@ def urbanization_year(
     """
     _check_year_rule(rule)
     prob = np.asarray(probability, dtype=np.float64)
-    years = np.asarray(years)
+    labels = np.asarray(years)
     with np.errstate(invalid="ignore"):
         urbanized = prob[-1] >= threshold  # NaN compares False
         if rule == "median":
@@ -148,7 +148,7 @@ def urbanization_year(
             # built already in the first year: that year, as under "median" (its mass holds
             # "before" too, so the window one year later would hold as much)
             at = np.where(prob[0] >= threshold, 0, at)
-    return np.where(urbanized, years[at].astype(np.float32), np.float32(np.nan))
+    return np.where(urbanized, labels[at].astype(np.float32), np.float32(np.nan))
 
 
 def _check_year_rule(rule: str) -> None:
@@ -779,7 +779,7 @@ def predict_dynamics(
         mixed_precision=mixed_precision,
         prefetch=prefetch,
     )
-    year = urbanization_year(prob, np.asarray(years), threshold=threshold, rule=year_rule)
+    year = urbanization_year(prob, years, threshold=threshold, rule=year_rule)
     ds = _to_dataset(
         prob,
         std,

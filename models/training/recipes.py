@@ -648,7 +648,7 @@ class _DynamicsProblem(Problem):
         # the year as the inference engine gives it (its default rule), and by the median rule
         agree, by_median = (
             year_agreement(
-                urbanization_year(p, np.asarray(years), rule=rule)[urbanizing],
+                urbanization_year(p, years, rule=rule)[urbanizing],
                 true_year[urbanizing],
             )
             for rule in ("window", "median")
