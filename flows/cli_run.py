@@ -77,6 +77,13 @@ def run_change(
     before: Annotated[str, typer.Option(help="START/END of the reference period.")],
     after: Annotated[str, typer.Option(help="START/END of the compared period.")],
     threshold: Annotated[float, typer.Option(help="Change probability.")] = 0.5,
+    adapt: Annotated[
+        str,
+        typer.Option(
+            help="Fine-tune the model on the AOI: auto (where its inputs are far from the "
+            "training data), always or never."
+        ),
+    ] = "auto",
     model: Model = None,
     output: Output = None,
     stac_url: Stac = None,
@@ -93,6 +100,7 @@ def run_change(
                 "before": _range(before, "--before"),
                 "after": _range(after, "--after"),
                 "threshold": threshold,
+                "adapt": adapt,
             }
         ),
         change_detection,

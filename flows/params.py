@@ -303,6 +303,11 @@ class ChangeDetectionParams(_FlowParams):
     threshold: float = Field(
         default=0.5, gt=0, lt=1, description="Probability above which a pixel is 'changed'."
     )
+    adapt: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="Fine-tune the change model on the AOI before mapping it: 'auto' where "
+        "its inputs are far from the training data (domain score), 'always', or 'never'.",
+    )
 
     @field_validator("model")
     @classmethod

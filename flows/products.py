@@ -31,6 +31,7 @@ from flows.params import (
     UrbanDynamicsParams,
     UrbanFootprintParams,
 )
+from tasks.adapt import AdaptMode
 from tasks.aoi import AoiLike, GridSpec, grid_for_aoi, parse_aoi, reproject_geometry
 from tasks.ard import PeriodArg
 from tasks.composite import growing_season
@@ -67,7 +68,8 @@ def _report(summary: ProductSummary) -> None:
         markdown=f"### {summary.kind} {summary.start} .. {summary.end} — {state}\n\n"
         f"![quicklook]({summary.quicklook})\n\n"
         + "\n".join(f"- `{k}`: {href}" for k, href in ref.assets)
-        + f"\n- STAC Item: {ref.item_href}\n",
+        + f"\n- STAC Item: {ref.item_href}\n"
+        + _domain_line(summary.domain),
         description=f"{summary.kind} quicklook (true colour, product in red)",
     )
     create_table_artifact(
@@ -76,6 +78,18 @@ def _report(summary: ProductSummary) -> None:
         description=f"{summary.kind}: areas by period / epoch",
     )
     create_link_artifact(key=f"{key}-item", link=ref.item_href, link_text="STAC Item")
+
+
+def _domain_line(domain: dict[str, Any]) -> str:
+    """The artifact's line on how far the inputs were from the training data."""
+    if not domain:
+        return ""
+    verdict = "**out of domain**" if domain["out_of_domain"] else "within the training range"
+    adapted = f"; change model adapted on {domain['adapted_tiles']} of {domain['tiles']} tile(s)"
+    return (
+        f"- domain score {domain['score']:.2f} (threshold {domain['threshold']:.2f}, worst "
+        f"channel {domain['channel']}): {verdict}{adapted if domain['adapted_tiles'] else ''}\n"
+    )
 
 
 def _scenes(params: Any, start: str, end: str, collections: list[str]) -> list[Any]:
@@ -108,6 +122,7 @@ def _tiled_product(
     output_url: str | None,
     threshold: float = 0.5,
     period: str | None = None,
+    adapt: AdaptMode = "auto",
 ) -> ProductSummary:
     """Per tile (fanned out): composites -> product; then one mosaic on `grid`, published once."""
     area = reproject_geometry(parse_aoi(aoi), 4326, grid.epsg)
@@ -133,6 +148,7 @@ def _tiled_product(
         model=unmapped(model),
         threshold=unmapped(threshold),
         period=unmapped(period),
+        adapt=unmapped(adapt),
         wait_for=pinned,
     )
     return publish_tiles_task(
@@ -144,6 +160,7 @@ def _tiled_product(
         start=start,
         end=end,
         output_url=output_url,
+        adapt=adapt,
     )
 
 
@@ -164,6 +181,7 @@ def change_detection(params: ChangeDetectionParams) -> ProductSummary:
         start=before[0],
         end=after[1],
         output_url=params.output_url,
+        adapt=params.adapt,
     )
     _report(summary)
     return summary

@@ -8,6 +8,9 @@
 |                          |           | Sobrino et al. 2004; Xu 2006)                           |
 | `breakpoint_year`        | dynamics  | single mean-shift breakpoint of the built-up index      |
 |                          |           | ``bu = NDBI - NDVI`` over annual composites             |
+| `slow_feature_analysis`  | change    | iterative slow feature analysis (ISFA, Wu et al. 2014): |
+|                          |           | unsupervised, invariant to a linear radiometric change  |
+|                          |           | between the dates; the seed of run-time adaptation      |
 
 Inputs follow the analysis-ready contract: composites are ``xr.DataArray`` float reflectance
 with dims ``(band, y, x)`` (annual: ``(year|period, band, y, x)``), common band names
@@ -29,6 +32,8 @@ from collections.abc import Sequence
 import dask.array as dsa
 import numpy as np
 import xarray as xr
+from scipy.linalg import eigh
+from scipy.stats import chi2
 from skimage.filters import threshold_otsu
 
 from models.features import NORMALIZED_DIFFERENCES, annual_axis, normalized_difference
@@ -41,11 +46,13 @@ __all__ = [
     "NDBI_MIN",
     "NDVI_MAX",
     "OTSU_BINS",
+    "RIDGE",
     "annual_axis",
     "breakpoint_year",
     "builtup_rule",
     "change_vector_analysis",
     "mean_shift_breakpoint",
+    "slow_feature_analysis",
 ]
 
 #: Histogram bins for Otsu's threshold (scikit-image's default ``nbins``).
@@ -61,6 +68,8 @@ MNDWI_MAX = 0.0
 #: approximations in `tasks.synthetic.spectra`), so 0.3 is a quarter of a full conversion:
 #: it keeps pixels that became ~30 % built-up and rejects inter-annual noise of stable pixels.
 BREAK_MIN_STEP = 0.3
+#: Ridge added to the (standardised, unit-diagonal) covariance of slow feature analysis.
+RIDGE = 1e-6
 #: Valid years required on each side of a breakpoint (1 would let a single noisy year decide).
 BREAK_MIN_OBS = 2
 
@@ -141,6 +150,87 @@ def change_vector_analysis(
         attrs={**before.attrs, "threshold": float(threshold), "method": "cva-otsu"},
     )
     return ds
+
+
+def slow_feature_analysis(
+    before: xr.DataArray,
+    after: xr.DataArray,
+    *,
+    max_iter: int = 20,
+    tol: float = 1e-3,
+) -> xr.Dataset:
+    """Iterative slow feature analysis (ISFA; Wu, Du & Zhang 2014, Sections II-III).
+
+    `before`, `after`: ``(band, y, x)`` reflectance on one grid (in memory: the statistics are
+    global). Each date is standardised, then the projections ``w`` minimising the variance of
+    ``w·(x_after - x_before)`` relative to the variance of ``w·x`` are found (the generalised
+    eigenproblem ``A w = λ B w``; A the covariance of the differences, B the mean of the two
+    covariances). A pixel's ``statistic`` is the sum of its squared projected differences, each
+    scaled to unit variance: chi-square with ``band`` degrees of freedom where nothing changed.
+    Each iteration re-weights the pixels by their chi-square probability of no change
+    (Section III-B) until the weights move by less than `tol`, so changed pixels stop
+    shaping the projection. A gain and offset per band between the dates (calibration drift,
+    another atmosphere) is absorbed by the standardisation; CVA reads it as change.
+
+    Hand-written (numpy + one ``scipy.linalg.eigh``): no maintained library implements SFA for
+    change detection. Returns ``statistic`` (float32, NaN where invalid), ``weight`` (chi-square
+    probability of no change, the last iteration's), ``valid`` (every band finite on both
+    dates); attributes ``iterations`` and ``eigenvalues`` (ascending: slowest first).
+    """
+    b, a = _as_bxy(before, "before"), _as_bxy(after, "after")
+    if b.sizes != a.sizes:
+        raise InputError(f"before {dict(b.sizes)} and after {dict(a.sizes)} differ in shape.")
+    if max_iter < 1 or not tol > 0:
+        raise InputError(f"max_iter must be >= 1 and tol > 0, got {max_iter} and {tol}.")
+    bv = np.asarray(b.values, dtype=np.float64).reshape(b.sizes["band"], -1).T
+    av = np.asarray(a.values, dtype=np.float64).reshape(a.sizes["band"], -1).T
+    valid = np.isfinite(bv).all(1) & np.isfinite(av).all(1)
+    n_bands = bv.shape[1]
+    if valid.sum() <= 2 * n_bands:
+        raise InputError(
+            f"slow feature analysis needs more than {2 * n_bands} pixels valid on both dates; "
+            f"{int(valid.sum())} are."
+        )
+    x, y = bv[valid], av[valid]
+    w = np.ones(len(x))
+    stat = np.zeros(len(x))
+    lam = np.zeros(n_bands)
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
+        ww = w / w.sum()
+        xs = x - ww @ x
+        ys = y - ww @ y
+        xs /= np.sqrt(ww @ xs**2) + 1e-12
+        ys /= np.sqrt(ww @ ys**2) + 1e-12
+        d = xs - ys
+        cov_d = (d * ww[:, None]).T @ d
+        cov_xy = 0.5 * ((xs * ww[:, None]).T @ xs + (ys * ww[:, None]).T @ ys)
+        # a small ridge keeps B positive definite where bands are (nearly) collinear
+        cov_xy += RIDGE * np.eye(n_bands)
+        lam, vec = eigh(cov_d, cov_xy)
+        proj = d @ vec
+        stat = (proj**2 / (ww @ proj**2 + 1e-12)).sum(1)
+        w_new = chi2.sf(stat, n_bands)
+        if w_new.sum() < n_bands:  # (almost) every pixel looks changed: keep the last weights
+            break
+        converged = float(np.abs(w_new - w).max()) < tol
+        w = w_new
+        if converged:
+            break
+    shape = (b.sizes["y"], b.sizes["x"])
+    out_stat = np.full(valid.size, np.nan, dtype=np.float32)
+    out_stat[valid] = stat
+    out_w = np.full(valid.size, np.nan, dtype=np.float32)
+    out_w[valid] = w
+    return xr.Dataset(
+        {
+            "statistic": (("y", "x"), out_stat.reshape(shape)),
+            "weight": (("y", "x"), out_w.reshape(shape)),
+            "valid": (("y", "x"), valid.reshape(shape)),
+        },
+        coords=_grid_coords(before),
+        attrs={"method": "isfa", "iterations": iterations, "eigenvalues": [float(v) for v in lam]},
+    )
 
 
 def _otsu(magnitude: np.ndarray | dsa.Array) -> float:

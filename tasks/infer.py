@@ -90,6 +90,7 @@ __all__ = [
     "gpu_slot",
     "map_footprint",
     "map_urban_dynamics",
+    "model_inputs",
     "predict_change",
     "predict_dynamics",
     "predict_footprint",
@@ -446,6 +447,24 @@ def _make_batch(
     x /= std
     np.copyto(x, np.float32(0), where=~(observed[:, :, None] & np.isfinite(x)))
     return _Batch(windows, x, observed, valid_rule(observed))
+
+
+def model_inputs(
+    spec: WeightsSpec, *sources: xr.DataArray | xr.Dataset, select_bands: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole grid of `sources` as the model sees it, in memory: ``x`` (S, C, y, x) float32,
+    channels normalized with the spec's mean/std and 0 where not observed, and ``observed``
+    (S, y, x) bool. Each source is ``(band, y, x)`` on one grid (run-time adaptation and the
+    domain score read it; inference itself streams tiles)."""
+    prepared = [
+        _prepare(_reflectance(s, f"source {i}"), spec, (), f"source {i}", select_bands)
+        for i, s in enumerate(sources)
+    ]
+    for other in prepared[1:]:
+        _same_grid(prepared[0], other)
+    height, width = prepared[0].sizes["y"], prepared[0].sizes["x"]
+    batch = _make_batch(prepared, [Window(0, 0, height, width)], spec, _valid_all)
+    return batch.x[0], batch.observed[0]
 
 
 def _valid_all(observed: np.ndarray) -> np.ndarray:

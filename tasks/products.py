@@ -21,6 +21,12 @@ to compute on (`tasks.tiling`). `make_tile_product` maps one tile on its outer w
 cores on the AOI's grid, vectorizes the mosaic (polygons are not cut at tile edges) and
 publishes one product. `make_product` is the one-tile case.
 
+**Domain score and adaptation** (`tasks.adapt`). A model product records how far its inputs
+are from the training distribution (``domain_score`` and ``domain_channel`` attrs, the tile
+file's tags, the Item's ``eo_pipeline:domain``: the worst tile) and logs a warning above
+`tasks.adapt.DOMAIN_ADAPT_SCORE`. There the change model is fine-tuned on the tile itself
+before it maps it (``adapt="auto"``; ``"always"``, ``"never"``): attr ``adapted`` 1.
+
 **Memory.** A `TileProduct` is a small reference (its file, its tile, the scene ids; not the
 composites' provenance), and `publish_tiles` never holds the mosaic: it writes it window by
 window (`tasks.publish.WINDOW_PX`) from the tiles' files into a local GeoTIFF
@@ -34,11 +40,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,14 +59,29 @@ from prefect.cache_policies import NO_CACHE
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from models.baselines import breakpoint_year, builtup_rule, change_vector_analysis
+from models.baselines import (
+    breakpoint_year,
+    builtup_rule,
+    change_vector_analysis,
+    slow_feature_analysis,
+)
 from models.registry import load_model, resolve
 from models.spec import WeightsSpec
+from tasks.adapt import (
+    DOMAIN_ADAPT_SCORE,
+    AdaptMode,
+    DomainScore,
+    change_seeds,
+    domain_score,
+    fine_tune_change,
+    should_adapt,
+)
 from tasks.aoi import GridSpec, reproject_geometry
 from tasks.ard import CompositeRef, PeriodArg, make_composites, pin_reference, read_composite
 from tasks.errors import InputError, PipelineError
 from tasks.infer import (
     gpu_slot,
+    model_inputs,
     predict_change,
     predict_dynamics,
     predict_footprint,
@@ -100,12 +122,15 @@ __all__ = [
     "HALO_PX",
     "Backdrop",
     "ProductSummary",
+    "TileDomain",
     "TileProduct",
     "change_map",
+    "domain_properties",
     "dynamics_map",
     "footprint_map",
     "make_product",
     "make_tile_product",
+    "model_change",
     "pin_reference_task",
     "product_dataset",
     "product_task",
@@ -115,6 +140,11 @@ __all__ = [
 ]
 
 BASELINE = "baseline"
+
+log = logging.getLogger(__name__)
+
+#: Pixel stride of the dynamics domain score (decades of composites: a sample is enough).
+DOMAIN_STRIDE_DYNAMICS = 4
 
 #: Halo (pixels) around a tile, per product. It must cover whatever reads neighbouring pixels:
 #: the composites' bilinear resampling (1 px) and co-registration shifts (at most
@@ -157,13 +187,15 @@ def change_map(
     after: str = "after",
     device: str | None = None,
     grid: GridSpec | None = None,
+    adapt: AdaptMode = "auto",
 ) -> xr.Dataset:
     """Change between periods `before` and `after` of `ref` (on `grid`, a pixel window of
     ``ref.grid``; default all of it).
 
     Baseline: change vector analysis with Otsu's threshold; ``probability`` is its score
     (0.5 at the Otsu threshold) and `threshold` applies to that score. Otsu's threshold is a
-    statistic of the pixels mapped: on a tile, of that tile.
+    statistic of the pixels mapped: on a tile, of that tile. Model: `adapt` says when the
+    model is fine-tuned on these pixels first (`tasks.adapt`; module docstring).
     """
     _check_threshold(threshold)
     b, count_b = _read(ref, before, grid)
@@ -176,13 +208,100 @@ def change_map(
         attrs = {"method": "cva-otsu", "otsu_threshold": float(cva.attrs["threshold"])}
         confidence = _margin_confidence(prob, threshold).where(cva["valid"])
     else:
-        dev = resolve_device(device)
-        with gpu_slot(dev):
-            net, spec = load_model(model, device=dev)
-            ds = predict_change(net, spec, b, a, device=dev, select_bands=True)
-        prob, confidence = ds["probability"], ds["confidence"]
-        attrs = {"method": spec.name, "weights_sha256": spec.sha256}
+        ds = model_change(b, a, model=model, adapt=adapt, device=device)
+        prob, confidence, attrs = ds["probability"], ds["confidence"], ds.attrs
     return _binary_product(prob, confidence, count, threshold, attrs)
+
+
+def model_change(
+    before: xr.DataArray,
+    after: xr.DataArray,
+    *,
+    model: str,
+    adapt: AdaptMode = "auto",
+    device: str | None = None,
+) -> xr.Dataset:
+    """The change model `model` on two composites ``(band, y, x)`` of one grid (reflectance,
+    NaN = no data): `tasks.infer.predict_change`, its domain score and, where `adapt` says so,
+    the map of the model fine-tuned on this pair (`tasks.adapt`). Returns ``probability``,
+    ``confidence`` and ``valid``; attrs ``method``, ``weights_sha256``, ``domain_score``,
+    ``domain_channel`` and ``adapted`` (0/1)."""
+    dev = resolve_device(device)
+    with gpu_slot(dev):
+        net, spec = load_model(model, device=dev)
+        ds = predict_change(net, spec, before, after, device=dev, select_bands=True)
+        x, observed = model_inputs(spec, before, after, select_bands=True)
+        score = domain_score(spec, x, observed)
+        _warn_out_of_domain(spec, score)
+        adapted = (
+            _adapt_change(net, spec, before, after, ds, x, device=dev)
+            if should_adapt(adapt, score)
+            else None
+        )
+    out = ds if adapted is None else adapted
+    attrs = {
+        "method": spec.name,
+        "weights_sha256": spec.sha256,
+        **_domain_attrs(score),
+        "adapted": int(adapted is not None),
+    }
+    return xr.Dataset({k: out[k] for k in ("probability", "confidence", "valid")}, attrs=attrs)
+
+
+def _domain_attrs(score: DomainScore) -> dict[str, Any]:
+    return {"domain_score": round(score.value, 4), "domain_channel": score.worst_channel}
+
+
+def _warn_out_of_domain(spec: WeightsSpec, score: DomainScore) -> None:
+    if score.out_of_domain:
+        log.warning(
+            "%s: the inputs are far from the training data of %s (%s > %.2f): treat the "
+            "probabilities as uncalibrated; check the product against local reference data, "
+            "compare it with the baseline (model='baseline') or train on your own labels "
+            "(eo train ... --labels).",
+            spec.task,
+            spec.name,
+            score.describe(),
+            DOMAIN_ADAPT_SCORE,
+        )
+
+
+def _adapt_change(
+    net: Any,
+    spec: WeightsSpec,
+    before: xr.DataArray,
+    after: xr.DataArray,
+    shipped: xr.Dataset,
+    x: np.ndarray,
+    *,
+    device: Any,
+) -> xr.Dataset | None:
+    """The change map of a copy of `net` fine-tuned on this pair (`tasks.adapt`), or None
+    where the pair gives no trustworthy seeds (`tasks.adapt.change_seeds`; the shipped map is
+    kept, and the reason logged)."""
+    bands = list(spec.bands)
+    try:
+        sfa = slow_feature_analysis(before.sel(band=bands), after.sel(band=bands))
+        seeds = change_seeds(sfa["statistic"].values, shipped["probability"].values)
+        tuned = fine_tune_change(net, x, seeds, device=device)
+    except InputError as err:
+        log.warning("change: not adapted (%s)", err)
+        return None
+    log.info(
+        "change: %s adapted on %d changed and %d unchanged seed pixels",
+        spec.name,
+        int((seeds == 1).sum()),
+        int((seeds == 0).sum()),
+    )
+    # fine-tuned with a plain BCE: its logits need no temperature
+    return predict_change(
+        tuned,
+        spec.model_copy(update={"temperature": 1.0}),
+        before,
+        after,
+        device=device,
+        select_bands=True,
+    )
 
 
 def footprint_map(
@@ -213,8 +332,10 @@ def footprint_map(
         with gpu_slot(dev):
             net, spec = load_model(model, device=dev)
             ds = predict_footprint(net, spec, comp, device=dev, select_bands=True)
+        score = domain_score(spec, *model_inputs(spec, comp, select_bands=True))
+        _warn_out_of_domain(spec, score)
         prob, confidence = ds["probability"], ds["confidence"]
-        attrs = {"method": spec.name, "weights_sha256": spec.sha256}
+        attrs = {"method": spec.name, "weights_sha256": spec.sha256, **_domain_attrs(score)}
     return _binary_product(prob, confidence, count, threshold, attrs)
 
 
@@ -272,6 +393,15 @@ def dynamics_map(
         with gpu_slot(dev):
             net, spec = load_model(model, device=dev)
             ds = predict_dynamics(net, spec, annual, device=dev, select_bands=True)
+        step = DOMAIN_STRIDE_DYNAMICS
+        sample = annual.isel(y=slice(None, None, step), x=slice(None, None, step))
+        score = domain_score(
+            spec,
+            *model_inputs(
+                spec, *(sample.isel(year=i) for i in range(len(years))), select_bands=True
+            ),
+        )
+        _warn_out_of_domain(spec, score)
         year = ds["urbanization_year"]
         # confidence of the final state (built-up or not) in the last year
         confidence = (
@@ -283,6 +413,7 @@ def dynamics_map(
             "method": spec.name,
             "weights_sha256": spec.sha256,
             "year_rule": ds.attrs["year_rule"],
+            **_domain_attrs(score),
         }
     return xr.Dataset(
         {
@@ -307,6 +438,9 @@ class ProductSummary:
     quicklook: str  # PNG data URI, at most tasks.report.QUICKLOOK_PX a side
     bounds: tuple[float, float, float, float]  # west, south, east, north (EPSG:4326)
     geojson: dict[str, Any] = field(hash=False, compare=False)
+    # `eo_pipeline:domain` of the Item (empty for a baseline): how far the inputs were from
+    # the training data
+    domain: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 # ---- one product per tile, one mosaic per AOI ---------------------------------------------------
@@ -319,14 +453,18 @@ def product_dataset(
     period: str | None = None,
     device: str | None = None,
     grid: GridSpec | None = None,
+    adapt: AdaptMode = "auto",
 ) -> xr.Dataset:
     """The bands of product `kind` (module docstring) from the composites `ref`, on `grid`.
 
     change: periods ``before``/``after`` of `ref`; footprint: `period`; dynamics: every annual
-    period. `grid`: a pixel window of ``ref.grid`` (default all of it).
+    period. `grid`: a pixel window of ``ref.grid`` (default all of it). `adapt`: change only
+    (`change_map`).
     """
     if kind == "change":
-        return change_map(ref, model=model, threshold=threshold, device=device, grid=grid)
+        return change_map(
+            ref, model=model, threshold=threshold, device=device, grid=grid, adapt=adapt
+        )
     if kind == "footprint":
         if period is None:
             raise InputError("period: a footprint needs the composite period to map.")
@@ -365,6 +503,55 @@ class TileProduct:
     method: str  # how the product was made (``ds.attrs["method"]``), the same for every tile
     scene_ids: tuple[str, ...]  # input scenes of the tile's composites
     backdrop: Backdrop  # the quicklook's true-colour image
+    domain: TileDomain | None = None  # a model's domain score on this tile (None: baseline)
+
+
+@dataclass(frozen=True)
+class TileDomain:
+    """What `tasks.adapt` said of one tile: its domain score, the channel farthest off, and
+    whether the change model was adapted on it. Kept in the tile file's tags."""
+
+    score: float
+    channel: str
+    adapted: bool
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> TileDomain | None:
+        if "domain_score" not in attrs:
+            return None
+        return cls(
+            float(attrs["domain_score"]),
+            str(attrs["domain_channel"]),
+            bool(int(attrs.get("adapted", 0))),
+        )
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "domain_score": repr(self.score),
+            "domain_channel": self.channel,
+            "adapted": str(int(self.adapted)),
+        }
+
+
+def domain_properties(parts: Sequence[TileProduct]) -> dict[str, Any]:
+    """The Item's ``eo_pipeline:domain`` from its tiles (the worst tile's score), or nothing
+    for a baseline product."""
+    scored = [p.domain for p in parts if p.domain is not None]
+    if not scored:
+        return {}
+    worst = max(scored, key=lambda d: d.score)
+    return {
+        "eo_pipeline:domain": {
+            "score": worst.score,
+            "channel": worst.channel,
+            "threshold": DOMAIN_ADAPT_SCORE,
+            "out_of_domain": worst.score > DOMAIN_ADAPT_SCORE,
+            "adapted_tiles": sum(d.adapted for d in scored),
+            "tiles": len(scored),
+            "method": "rms over input channels of sqrt(mean^2 + ln(std)^2), in training "
+            "standard deviations (tasks.adapt)",
+        }
+    }
 
 
 def _tile_product(
@@ -375,13 +562,14 @@ def _tile_product(
     method: str,
     ref: CompositeRef,
     period: str | None,
+    domain: TileDomain | None = None,
 ) -> TileProduct:
     label = {"change": "after", "footprint": period}.get(kind) or ref.periods[-1]
     r, g, b = (ref.bands.index(band) + 1 for band in _RGB)
     backdrop = Backdrop(str(ref.tif(label)), window_in(ref.grid, tile.core_grid), (r, g, b))
     # interned: the tiles of one AOI share their scenes' ids instead of a copy per tile
     scene_ids = tuple(sys.intern(s) for s in ref.scene_ids)
-    return TileProduct(str(path), tile, bands, method, scene_ids, backdrop)
+    return TileProduct(str(path), tile, bands, method, scene_ids, backdrop, domain)
 
 
 def _tile_path(
@@ -393,6 +581,7 @@ def _tile_path(
     threshold: float,
     period: str | None,
     cache_dir: Path,
+    adapt: AdaptMode = "auto",
 ) -> Path:
     """Where a tile's product goes: keyed by its inputs (concurrent runs of other inputs never
     share a file; a rerun overwrites its own)."""
@@ -404,6 +593,7 @@ def _tile_path(
             "weights": weights,
             "threshold": threshold,
             "period": period,
+            "adapt": adapt if kind == "change" else None,
             "grid": [tile.grid.epsg, tile.grid.resolution, list(tile.grid.bounds)],
             "outer": astuple(tile.outer),
         },
@@ -413,7 +603,14 @@ def _tile_path(
     return cache_dir / "tiles" / key / f"{tile.name}.tif"
 
 
-def _write_tile(path: Path, bands: dict[str, np.ndarray], grid: GridSpec, *, method: str) -> None:
+def _write_tile(
+    path: Path,
+    bands: dict[str, np.ndarray],
+    grid: GridSpec,
+    *,
+    method: str,
+    domain: TileDomain | None = None,
+) -> None:
     """Write `bands` on `grid` as a float32 GeoTIFF, atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -424,7 +621,7 @@ def _write_tile(path: Path, bands: dict[str, np.ndarray], grid: GridSpec, *, met
             for i, (name, values) in enumerate(bands.items(), start=1):
                 dst.write(values.astype(np.float32, copy=False), i)
                 dst.set_band_description(i, name)
-            dst.update_tags(method=method)
+            dst.update_tags(method=method, **(domain.tags() if domain else {}))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -454,6 +651,7 @@ def make_tile_product(
     period: str | None = None,
     device: str | None = None,
     cache_dir: Path | None = None,
+    adapt: AdaptMode = "auto",
 ) -> TileProduct:
     """Map `kind` on `tile`'s outer window (core + halo) and keep its core, written to
     ``<cache_dir>/tiles/`` (default ``EO_CACHE_DIR``).
@@ -469,11 +667,12 @@ def make_tile_product(
         threshold=threshold,
         period=period,
         cache_dir=Path(cache_dir or get_settings().cache_dir),
+        adapt=adapt,
     )
     done = _read_tile_header(path, tile.core_grid)
     if done is not None:  # a rerun of the same inputs: the keyed file is complete, reuse it
-        names, method = done
-        return _tile_product(kind, path, tile, names, method, ref, period)
+        names, method, domain = done
+        return _tile_product(kind, path, tile, names, method, ref, period, domain)
     ds = product_dataset(
         kind,
         ref,
@@ -482,15 +681,20 @@ def make_tile_product(
         period=period,
         device=device,
         grid=tile.outer_grid,
+        adapt=adapt,
     )
     bands = {str(k): crop_core(np.asarray(ds[k].values, dtype=np.float32), tile) for k in ds}
     method = str(ds.attrs["method"])
-    _write_tile(path, bands, tile.core_grid, method=method)
-    return _tile_product(kind, path, tile, tuple(bands), method, ref, period)
+    domain = TileDomain.from_attrs(ds.attrs)
+    _write_tile(path, bands, tile.core_grid, method=method, domain=domain)
+    return _tile_product(kind, path, tile, tuple(bands), method, ref, period, domain)
 
 
-def _read_tile_header(path: Path, grid: GridSpec) -> tuple[tuple[str, ...], str] | None:
-    """(band names, method) of a complete tile file on `grid`, or None (absent or not ours).
+def _read_tile_header(
+    path: Path, grid: GridSpec
+) -> tuple[tuple[str, ...], str, TileDomain | None] | None:
+    """(band names, method, domain) of a complete tile file on `grid`, or None (absent or not
+    ours).
 
     Tile files are written atomically (temporary name, then rename), so one that exists with
     the expected shape and tags is complete.
@@ -499,11 +703,12 @@ def _read_tile_header(path: Path, grid: GridSpec) -> tuple[tuple[str, ...], str]
         return None
     try:
         with rasterio.open(path) as src:
-            method = src.tags().get("method")
+            tags = src.tags()
+            method = tags.get("method")
             names = tuple(str(d) for d in src.descriptions)
             if method is None or (src.height, src.width) != grid.shape or None in src.descriptions:
                 return None
-            return names, method
+            return names, method, TileDomain.from_attrs(tags)
     except rasterio.errors.RasterioIOError:
         return None
 
@@ -681,6 +886,7 @@ def publish_tiles(
     end: str,
     output_url: str | None = None,
     min_pixels: int = 4,
+    adapt: AdaptMode = "auto",
 ) -> ProductSummary:
     """Mosaic the tiles' cores on their grid, vectorize the mosaic, publish it as one product
     (atomically, idempotently: `tasks.publish.publish_product`) and summarize it.
@@ -709,6 +915,8 @@ def publish_tiles(
             )
     spec: WeightsSpec | str = resolve(model)[0] if model != BASELINE else f"{BASELINE}:{method}"
     params: dict[str, Any] = {"threshold": threshold, "min_pixels": min_pixels, "method": method}
+    if kind == "change" and model != BASELINE:
+        params["adapt"] = adapt
     if len(parts) > 1 or parts[0].tile.core != single_tile(grid).core:
         t = parts[0].tile
         params["tiling"] = {
@@ -717,6 +925,7 @@ def publish_tiles(
             "tiles": len(parts),
         }
     scene_ids = list(dict.fromkeys(s for p in parts for s in p.scene_ids))
+    domain = domain_properties(parts)
     look = _Quicklook(grid)
     with local_workdir() as work:
         raster = write_raster(
@@ -736,6 +945,7 @@ def publish_tiles(
             start=start,
             end=end,
             output_url=output_url,
+            properties=domain,
         )
     lonlat = reproject_geometry(box(*grid.bounds), grid.epsg, 4326).bounds
     return ProductSummary(
@@ -749,6 +959,7 @@ def publish_tiles(
         geojson=json.loads(gdf.to_crs(4326).to_json())
         if len(gdf)
         else {"type": "FeatureCollection", "features": []},
+        domain=dict(domain.get("eo_pipeline:domain", {})),
     )
 
 
@@ -764,6 +975,7 @@ def make_product(
     output_url: str | None = None,
     min_pixels: int = 4,
     device: str | None = None,
+    adapt: AdaptMode = "auto",
 ) -> ProductSummary:
     """Map `kind` from the composites `ref` on all of their grid (one tile), vectorize it,
     publish it (atomically, idempotently); see `publish_tiles`.
@@ -779,6 +991,7 @@ def make_product(
         threshold=threshold,
         period=period,
         device=device,
+        adapt=adapt,
     )
     return publish_tiles(
         kind,
@@ -790,6 +1003,7 @@ def make_product(
         end=end,
         output_url=output_url,
         min_pixels=min_pixels,
+        adapt=adapt,
     )
 
 
@@ -849,6 +1063,7 @@ def tile_product_task(
     threshold: float = 0.5,
     period: str | None = None,
     device: str | None = None,
+    adapt: AdaptMode = "auto",
 ) -> TileProduct:
     """One tile, start to end on the worker that runs it: the composites of its outer window
     (`tasks.ard.make_composites`, a nested task run) and its product (`make_tile_product`).
@@ -859,7 +1074,14 @@ def tile_product_task(
     with local_dask_scheduler():
         ref = make_composites(scenes, tile.outer_grid, periods)
         return make_tile_product(
-            kind, ref, tile, model=model, threshold=threshold, period=period, device=device
+            kind,
+            ref,
+            tile,
+            model=model,
+            threshold=threshold,
+            period=period,
+            device=device,
+            adapt=adapt,
         )
 
 

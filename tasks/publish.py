@@ -682,6 +682,7 @@ def publish_product(
     output_url: str | None = None,
     collection: str | None = None,
     blocksize: int = 512,
+    properties: Mapping[str, Any] | None = None,
 ) -> ProductRef:
     """Publish one product (COG + optional GeoParquet + STAC Item); see the module docstring.
 
@@ -690,12 +691,17 @@ def publish_product(
     `vectors`: polygons in the grid CRS (`tasks.vectorize`), or None for a raster-only product.
     `model`: the weights spec (its name and sha256 are recorded) or a baseline's name.
     `params`: thresholds, minimum mapping unit, inference options: recorded in the Item and part
-    of the product id. `start`/`end`: the period the product describes.
+    of the product id. `start`/`end`: the period the product describes. `properties`: more Item
+    properties derived from the inputs (``eo_pipeline:domain``: how far they were from the
+    training data); recorded, not part of the id.
     Returns the `ProductRef`; ``skipped=True`` when an identical product was already there.
     """
     if kind not in _KINDS:
         raise InputError(f"kind: {kind!r} is not one of {list(_KINDS)}.")
     band_names = _check_bands(rasters, grid)
+    foreign = [k for k in properties or {} if not k.startswith("eo_pipeline:")]
+    if foreign:
+        raise InputError(f"properties: {foreign} are not eo_pipeline: properties.")
     if not scene_ids:
         raise InputError("scene_ids: a product needs the ids of the scenes it was made from.")
     store = open_store(output_url)
@@ -760,6 +766,7 @@ def publish_product(
             params_json=params_json,
             period=(start_iso, end_iso),
             blocksize=blocksize,
+            properties=dict(properties or {}),
         )
     except BaseException:  # re-raised: the rollback only removes what this publish wrote
         _roll_back(store, item_path, moved, staging)
@@ -790,6 +797,7 @@ def _stage_and_commit(
     params_json: Any,
     period: tuple[str, str],
     blocksize: int,
+    properties: dict[str, Any],
 ) -> dict[str, Any]:
     """Steps 3-5 of the protocol; appends to `moved` each file moved into the product folder."""
     folder = store.path(coll, pid)
@@ -864,6 +872,7 @@ def _stage_and_commit(
             "eo_pipeline:weights_sha256": model_sha,
             "eo_pipeline:parameters": params_json,
             "eo_pipeline:scene_ids": ids,
+            **properties,
         },
         "links": [
             {"rel": "self", "href": store.url(coll, pid, _ITEM), "type": "application/geo+json"},

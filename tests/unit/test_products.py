@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import geopandas as gpd
@@ -116,6 +117,58 @@ def test_dynamics_with_the_shipped_model_records_its_year_rule(tmp_path: Path) -
     years = ds["urbanization_year"].values
     assert abs(np.nanmedian(years[BLOCK]) - 2005) <= 1
     assert np.isnan(years[0, 0])  # never urbanized
+
+
+def test_change_with_the_shipped_model_scores_its_domain_and_adapts_when_told(
+    pair: CompositeRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    truth = np.zeros(GRID.shape, bool)
+    truth[BLOCK] = True
+    shipped = change_map(pair, model=MODEL_NAMES["change"], adapt="never", device="cpu")
+    assert shipped.attrs["adapted"] == 0 and shipped.attrs["domain_score"] > 0
+    assert shipped.attrs["domain_channel"] in {"blue", "green", "red", "nir", "swir16",
+                                                "swir22", "ndvi", "ndbi", "mndwi"}  # fmt: skip
+    with caplog.at_level("INFO", logger="tasks.products"):
+        tuned = change_map(pair, model=MODEL_NAMES["change"], adapt="always", device="cpu")
+    assert tuned.attrs["adapted"] == 1, caplog.text
+    assert "adapted on" in caplog.text
+    assert tuned.attrs["domain_score"] == shipped.attrs["domain_score"]
+    assert (tuned["binary"].values.astype(bool) == truth).mean() > 0.97
+    assert not np.array_equal(tuned["probability"].values, shipped["probability"].values)
+
+
+def test_products_out_of_domain_log_a_warning_and_tell_the_item(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reflectance at three times the training range: a warning naming the score and what to
+    do, and the score in the published Item."""
+    ref = _write(
+        tmp_path / "bright",
+        {"before": 3 * _surface(False), "after": 3 * _surface(True)},
+        {"before": 3, "after": 5},
+    )
+    with caplog.at_level("WARNING", logger="tasks.products"):
+        part = make_tile_product(
+            "change", ref, single_tile(GRID), model=MODEL_NAMES["change"], adapt="never",
+            device="cpu", cache_dir=tmp_path / "cache",
+        )  # fmt: skip
+    assert "far from the training data" in caplog.text and "domain score" in caplog.text
+    assert part.domain is not None and part.domain.score > 0.5 and not part.domain.adapted
+    again = make_tile_product(
+        "change", ref, single_tile(GRID), model=MODEL_NAMES["change"], adapt="never",
+        device="cpu", cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    assert again.domain == part.domain  # read back from the tile file's tags
+    summary = publish_tiles(
+        "change", [part], model=MODEL_NAMES["change"], start="2000-01-01", end="2001-12-31",
+        output_url=str(tmp_path / "out"), adapt="never",
+    )  # fmt: skip
+    item = json.loads(Path(summary.product.item_href).read_text())
+    domain = item["properties"]["eo_pipeline:domain"]
+    assert domain["score"] == pytest.approx(part.domain.score) and domain["out_of_domain"]
+    assert domain["adapted_tiles"] == 0 and domain["tiles"] == 1
+    assert summary.domain == domain
+    assert item["properties"]["eo_pipeline:parameters"]["adapt"] == "never"
 
 
 def test_thresholds_out_of_range_are_refused(pair: CompositeRef) -> None:

@@ -12,6 +12,7 @@ from models.baselines import (
     builtup_rule,
     change_vector_analysis,
     mean_shift_breakpoint,
+    slow_feature_analysis,
 )
 from tasks.errors import InputError
 from tests.unit.models.factories import (
@@ -50,6 +51,57 @@ def test_cva_flags_the_changed_block_only() -> None:
     assert np.nanmin(score[truth]) > 0.5 > np.nanmax(score[~truth])
     assert 0.0 < ds.attrs["threshold"] < float(ds["magnitude"].values[truth].min())
     np.testing.assert_array_equal(ds["x"].values, before["x"].values)
+
+
+def _drifted_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A mixed landscape, the same one seen with another gain and offset per band (another
+    sensor, another atmosphere), and a block that turned from vegetation into concrete."""
+    rng = np.random.default_rng(seed)
+    cover = rng.integers(0, 4, size=(8, 8)).repeat(6, 0).repeat(6, 1)  # 48 x 48, 6 px parcels
+    cover[6:18, 30:42] = 0
+    surfaces = {0: VEGETATION, 1: SOIL, 2: WATER, 3: CONCRETE}
+    before = _scene(cover, surfaces, seed=seed + 1)
+    changed = np.zeros(cover.shape, bool)
+    changed[6:18, 30:42] = True
+    after_cover = np.where(changed, 3, cover)
+    gain = np.array([1.3, 1.25, 1.2, 0.8, 0.85, 0.9], dtype=np.float32)[:, None, None]
+    after = _scene(after_cover, surfaces, seed=seed + 2)
+    return before, after * gain + np.float32(0.02), after, changed
+
+
+def test_slow_feature_analysis_sees_change_not_a_radiometric_drift() -> None:
+    before, after, undrifted, changed = _drifted_pair()
+    b, a = make_composite(48, 48, data=before), make_composite(48, 48, data=after)
+    a[:, 0, 0] = np.nan
+    same = make_composite(48, 48, data=undrifted)
+    same[:, 0, 0] = np.nan
+    ds = slow_feature_analysis(b, a)
+    stat = ds["statistic"].values
+    assert not ds["valid"].values[0, 0] and np.isnan(stat[0, 0])
+    changed[0, 0] = False
+    stable = ~changed & ds["valid"].values
+    assert changed.sum() > 30
+    # every changed pixel above (almost) every stable one ...
+    assert np.nanmin(stat[changed]) > np.quantile(stat[stable], 0.99)
+    # the drift is absorbed: the same statistic as without it (CVA's magnitude is not)
+    np.testing.assert_allclose(stat, slow_feature_analysis(b, same)["statistic"].values, rtol=1e-3)
+    cva_drift = change_vector_analysis(b, a)["magnitude"].values[stable]
+    cva_same = change_vector_analysis(b, same)["magnitude"].values[stable]
+    assert np.median(cva_drift) > 3 * np.median(cva_same)
+    assert ds.attrs["iterations"] >= 2 and len(ds.attrs["eigenvalues"]) == 6
+    w = ds["weight"].values
+    assert np.nanmedian(w[stable]) > 10 * np.nanmax(w[changed])  # changed pixels left out
+
+
+def test_slow_feature_analysis_refuses_too_few_valid_pixels() -> None:
+    before, after, _, _ = _drifted_pair()
+    b = make_composite(48, 48, data=before)
+    b[:, :, 1:] = np.nan
+    b[:, 10:, 0] = np.nan  # 10 valid pixels for 6 bands
+    with pytest.raises(InputError, match="more than 12 pixels"):
+        slow_feature_analysis(b, make_composite(48, 48, data=after))
+    with pytest.raises(InputError, match="max_iter"):
+        slow_feature_analysis(b, b, max_iter=0)
 
 
 def test_cva_is_lazy_on_dask_and_matches_numpy() -> None:
