@@ -262,6 +262,13 @@ class _FlowParams(RangeExplained):
     max_cloud_cover: float = Field(
         default=80.0, ge=0, le=100, description="Skip scenes with more cloud cover (%)."
     )
+    epsg: int | None = Field(
+        default=None,
+        ge=1024,
+        le=32767,
+        description="CRS of the product grid (EPSG code); default: the zone most input scenes "
+        "are in, on their own pixel grid.",
+    )
 
     @field_validator("aoi", mode="before")
     @classmethod

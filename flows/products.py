@@ -32,11 +32,12 @@ from flows.params import (
     UrbanFootprintParams,
 )
 from tasks.adapt import AdaptMode
-from tasks.aoi import AoiLike, GridSpec, grid_for_aoi, parse_aoi, reproject_geometry
+from tasks.aoi import AoiLike, GridSpec, parse_aoi, reproject_geometry
 from tasks.ard import PeriodArg
 from tasks.composite import growing_season
 from tasks.discover import discover_scenes
 from tasks.errors import InputError
+from tasks.load import scene_grid
 from tasks.products import (
     BASELINE,
     HALO_PX,
@@ -169,7 +170,7 @@ def change_detection(params: ChangeDetectionParams) -> ProductSummary:
     """Change between two periods: bi-temporal composites -> FC-Siam-diff (or CVA) -> publish."""
     before, after = params.before.as_tuple(), params.after.as_tuple()
     scenes = _scenes(params, before[0], after[1], params.collections)
-    grid = grid_for_aoi(params.aoi, RESOLUTION["change"])
+    grid = scene_grid(params.aoi, RESOLUTION["change"], scenes, epsg=params.epsg)
     summary = _tiled_product(
         "change",
         scenes,
@@ -198,7 +199,7 @@ def urban_footprint(params: UrbanFootprintParams) -> ProductSummary:
     collections = ["sentinel-2-l2a"] if params.model != BASELINE else params.collections
     resolution = RESOLUTION["footprint"] if "sentinel-2-l2a" in collections else 30.0
     scenes = _scenes(params, start, end, collections)
-    grid = grid_for_aoi(params.aoi, resolution)
+    grid = scene_grid(params.aoi, resolution, scenes, epsg=params.epsg)
     label = start[:4] if params.year is not None else "period"
     summary = _tiled_product(
         "footprint",
@@ -222,7 +223,7 @@ def urban_dynamics(params: UrbanDynamicsParams) -> ProductSummary:
     """Year of urbanization: annual composites first..last year -> PixelGRU (or breakpoint)."""
     start, end = f"{params.first_year}-01-01", f"{params.last_year}-12-31"
     scenes = _scenes(params, start, end, params.collections)
-    grid = grid_for_aoi(params.aoi, RESOLUTION["dynamics"])
+    grid = scene_grid(params.aoi, RESOLUTION["dynamics"], scenes, epsg=params.epsg)
     years = {
         str(y): (f"{y}-01-01", f"{y}-12-31") for y in range(params.first_year, params.last_year + 1)
     }
@@ -262,7 +263,9 @@ def monitor(params: MonitorParams) -> list[ProductSummary]:
     if params.year is not None:
         last = params.year
     before_year = last - params.change_interval_years
-    common = params.model_dump(include={"aoi", "output_url", "stac_api_url", "max_cloud_cover"})
+    common = params.model_dump(
+        include={"aoi", "output_url", "stac_api_url", "max_cloud_cover", "epsg"}
+    )
     if params.use_baselines:
         common["model"] = BASELINE
     out: list[ProductSummary] = []

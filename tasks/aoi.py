@@ -219,17 +219,27 @@ class GridSpec:
         return dict(mapping(poly))
 
 
-def grid_for_aoi(aoi: AoiLike, resolution: float, *, epsg: int | None = None) -> GridSpec:
+def grid_for_aoi(
+    aoi: AoiLike,
+    resolution: float,
+    *,
+    epsg: int | None = None,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> GridSpec:
     """The grid an AOI is processed on: its UTM zone (or `epsg`), `resolution` metres,
-    bounds snapped outwards to whole pixels so grids of different runs align."""
+    bounds snapped outwards to pixel edges at ``origin + k * resolution`` (default whole
+    multiples of the resolution) so grids of different runs align. `origin`: a point on the
+    pixel edges, e.g. a Landsat scene's corner (Collection 2 edges lie 15 m off multiples of
+    30 m): `tasks.load.scene_grid` follows the scenes' own grid."""
     geom = parse_aoi(aoi)
     epsg = epsg or utm_epsg(geom)
     xmin, ymin, xmax, ymax = reproject_geometry(geom.segmentize(0.01), 4326, epsg).bounds
     r = float(resolution)
+    ox, oy = (float(origin[0]) % r, float(origin[1]) % r)
     snapped = (
-        math.floor(xmin / r) * r,
-        math.floor(ymin / r) * r,
-        math.ceil(xmax / r) * r,
-        math.ceil(ymax / r) * r,
+        math.floor((xmin - ox) / r) * r + ox,
+        math.floor((ymin - oy) / r) * r + oy,
+        math.ceil((xmax - ox) / r) * r + ox,
+        math.ceil((ymax - oy) / r) * r + oy,
     )
     return GridSpec(epsg=epsg, resolution=r, bounds=snapped)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from stackstac.rio_reader import AutoParallelRioReader
 
-from tasks.aoi import AoiLike, GridSpec, grid_for_aoi
+from tasks.aoi import AoiLike, GridSpec, grid_for_aoi, parse_aoi, utm_epsg
 from tasks.errors import InputError, SceneRejectedError, TransientIOError
 from tasks.refs import SceneRef
 from tasks.sensors import (
@@ -83,6 +84,8 @@ __all__ = [
     "check_scenes",
     "default_grid",
     "load",
+    "scene_epsg",
+    "scene_grid",
 ]
 
 log = logging.getLogger(__name__)
@@ -337,6 +340,70 @@ def default_grid(aoi: AoiLike, collections: Sequence[str]) -> GridSpec:
         raise InputError("collections: give at least one collection id to choose a resolution.")
     families = {collection_family(c) for c in collections}
     return grid_for_aoi(aoi, min(DEFAULT_RESOLUTION_M[f] for f in families))
+
+
+def _scene_pixel_grid(scene: SceneRef, resolution: float) -> tuple[int, float, float] | None:
+    """(EPSG, x, y of a pixel corner) of the first asset of `scene` on a `resolution` grid
+    (``proj:transform`` of the asset, else of the Item), or None where undeclared."""
+    item = scene.item
+    props = item.get("properties", {})
+    for asset in [*item.get("assets", {}).values(), props]:
+        transform = asset.get("proj:transform") or props.get("proj:transform")
+        code = asset.get("proj:epsg") or asset.get("proj:code") or props.get("proj:epsg")
+        code = code or props.get("proj:code")
+        if not transform or code is None or len(transform) < 6:
+            continue
+        if abs(abs(float(transform[0])) - resolution) > 1e-6:
+            continue
+        epsg = int(str(code).split(":")[-1])
+        return epsg, float(transform[2]), float(transform[5])
+    return None
+
+
+def scene_epsg(scene: SceneRef) -> int | None:
+    """The CRS (EPSG code) an Item declares for itself or its first asset that has one."""
+    item = scene.item
+    props = item.get("properties", {})
+    for source in [props, *item.get("assets", {}).values()]:
+        code = source.get("proj:epsg") or source.get("proj:code")
+        if code is not None:
+            try:
+                return int(str(code).split(":")[-1])
+            except ValueError:
+                continue
+    return None
+
+
+def scene_grid(
+    aoi: AoiLike,
+    resolution: float,
+    scenes: Sequence[SceneRef],
+    *,
+    epsg: int | None = None,
+) -> GridSpec:
+    """The product grid of `aoi` at `resolution` on the scenes' own pixel grid, so that a
+    stack of one zone and one pixel grid is never resampled.
+
+    CRS: `epsg` when given, else the one most `scenes` are in (a tie: the AOI's UTM zone where
+    it is among them, else the smallest code; no scene declares one: the AOI's zone). Pixel
+    edges: those most of the scenes of that CRS with `resolution` pixels share (Landsat
+    Collection 2: 15 m off multiples of 30 m); none: whole multiples (`grid_for_aoi`).
+    """
+    if epsg is None:
+        votes = Counter(e for e in (scene_epsg(s) for s in scenes) if e is not None)
+        if votes:
+            top = max(votes.values())
+            tied = sorted(e for e, n in votes.items() if n == top)
+            own = utm_epsg(parse_aoi(aoi))
+            epsg = own if own in tied else tied[0]
+    r = float(resolution)
+    edges: Counter[tuple[float, float]] = Counter()
+    for s in scenes:
+        found = _scene_pixel_grid(s, r)
+        if found is not None and (epsg is None or found[0] == epsg):
+            edges[(round(found[1] % r, 6) % r, round(found[2] % r, 6) % r)] += 1
+    origin = edges.most_common(1)[0][0] if edges else (0.0, 0.0)
+    return grid_for_aoi(aoi, r, epsg=epsg, origin=origin)
 
 
 # ---- private helpers -------------------------------------------------------------------------

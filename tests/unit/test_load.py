@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from tasks.aoi import GridSpec
 from tasks.errors import InputError, SceneRejectedError
-from tasks.load import default_grid, load
+from tasks.load import default_grid, load, scene_grid
 from tasks.refs import SceneRef
 from tests.conftest import realdata_path
 
@@ -611,3 +611,48 @@ def test_default_grid_unknown_collection_raises() -> None:
         default_grid(AOI_ZONE32, ["sentinel-1-grd"])
     with pytest.raises(InputError, match=r"^collections:"):
         default_grid(AOI_ZONE32, [])
+
+
+# ---- scene_grid: the scenes' own zone and pixel grid -----------------------------------------
+_REAL_LANDSAT = ("opendatacube+odc-stac", "tests", "data")
+
+
+def _real_landsat_scene(**proj: Any) -> SceneRef:
+    """A real USGS Collection 2 L2 Item (odc-stac test data, Apache-2.0; LC08 path 28 row 30,
+    EPSG:32615, pixel corners at 173085 E 4904715 N: 15 m off multiples of 30), with its
+    ``proj:*`` properties replaced by `proj` where given."""
+    path = realdata_path(*_REAL_LANDSAT, "LC08_L2SP_028030_20200114_20200824_02_T1_SR.json")
+    item = json.loads(path.read_text())
+    item["properties"].update(proj)
+    return SceneRef.from_item(item)
+
+
+# inside the scene's footprint, in UTM 15N
+_AOI_Z15 = (-95.60, 43.10, -95.50, 43.16)
+
+
+def test_scene_grid_follows_a_real_landsat_scene_pixel_grid() -> None:
+    scene = _real_landsat_scene()
+    grid = scene_grid(_AOI_Z15, 30.0, [scene])
+    assert grid.epsg == 32615
+    assert all(v % 30 == 15 for v in grid.bounds)  # Collection 2 edges, not multiples of 30
+    snapped = default_grid(_AOI_Z15, ["landsat-c2-l2"])
+    assert all(v % 30 == 0 for v in snapped.bounds)  # what a grid of the AOI alone would be
+    # the same pixel grid: integer pixel offsets from the scene's corner
+    assert (grid.bounds[0] - 173085) % 30 == 0 and (4904715 - grid.bounds[3]) % 30 == 0
+    # at another resolution the scene says nothing about the pixel edges
+    assert all(v % 10 == 0 for v in scene_grid(_AOI_Z15, 10.0, [scene]).bounds)
+
+
+def test_scene_grid_takes_the_zone_most_scenes_are_in() -> None:
+    z15 = _real_landsat_scene()
+    z14 = _real_landsat_scene(
+        **{"proj:epsg": 32614, "proj:transform": [30, 0, 800025, 0, -30, 4800015]}
+    )
+    assert scene_grid(_AOI_Z15, 30.0, [z14, z14, z15]).epsg == 32614
+    assert scene_grid(_AOI_Z15, 30.0, [z14, z15]).epsg == 32615  # a tie: the AOI's own zone
+    forced = scene_grid(_AOI_Z15, 30.0, [z14, z15, z15], epsg=32614)
+    assert forced.epsg == 32614 and all(v % 30 == 15 for v in forced.bounds)  # z14's edges
+    alone = scene_grid(_AOI_Z15, 30.0, [z15, z15], epsg=32614)
+    assert all(v % 30 == 0 for v in alone.bounds)  # no scene of that zone: whole multiples
+    assert scene_grid(_AOI_Z15, 30.0, []).epsg == 32615  # no scene: the AOI's zone
