@@ -254,10 +254,11 @@ def _item(pair: RealPair, i: int, hrefs: dict[str, Path]) -> dict[str, Any]:
     }
 
 
-def write_landsat_items(pair: RealPair, root: Path) -> Path:
+def write_landsat_items(pair: RealPair, root: Path) -> list[Path]:
     """Write `pair` as a ``landsat-c2-l2`` archive under `root`: ``root/data/<id>/<asset>.tif``
-    COGs and ``root/stac/landsat-c2-l2.items.ndjson``. Returns the ndjson path (for
-    `tasks.stac_server.serve_stac`)."""
+    COGs, ``root/stac/landsat-c2-l2.json`` (the Collection) and
+    ``root/stac/landsat-c2-l2.items.ndjson``. Returns those two files, the arguments of
+    `tasks.stac_server.serve_stac`."""
     root = Path(root)
     items = []
     for i, composite in enumerate((pair.before, pair.after)):
@@ -275,7 +276,28 @@ def write_landsat_items(pair: RealPair, root: Path) -> Path:
         hrefs["qa_pixel"] = folder / "qa_pixel.tif"
         write_cog(hrefs["qa_pixel"], qa, pair.grid, 1, "nearest")
         items.append(_item(pair, i, hrefs))
-    out = root / "stac" / "landsat-c2-l2.items.ndjson"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    stac = root / "stac"
+    stac.mkdir(parents=True, exist_ok=True)
+    out = stac / "landsat-c2-l2.items.ndjson"
     out.write_text("".join(json.dumps(item) + "\n" for item in items))
-    return out
+    bbox = [
+        min(i["bbox"][0] for i in items),
+        min(i["bbox"][1] for i in items),
+        max(i["bbox"][2] for i in items),
+        max(i["bbox"][3] for i in items),
+    ]
+    times = sorted(i["properties"]["datetime"] for i in items)
+    collection = {
+        "type": "Collection",
+        "id": "landsat-c2-l2",
+        "stac_version": "1.0.0",
+        "title": "Landsat Collection 2 Level-2",
+        "description": f"The real {pair.name} pair as approximate Collection 2 Level-2 surface "
+        "reflectance (models.training.realdata).",
+        "license": "proprietary",
+        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[times[0], times[-1]]]}},
+        "links": [],
+    }
+    coll = stac / "landsat-c2-l2.json"
+    coll.write_text(json.dumps(collection))
+    return [coll, out]
