@@ -7,6 +7,7 @@ eo demo                                       the main job on the embedded defau
 eo train KIND [--seeds 1,2,3] [--output DIR]  train a model on synthetic worlds
 eo train KIND --labels FILE --label-years Y   ... or on your own labels (raster / GeoParquet)
 eo evaluate --seed N[,M]                      models vs baselines on unseen worlds
+eo evaluate-real --labels L --stac-url U ...  ... and on real labelled change pairs
 eo aoi add|list|remove|watch                  watched AOIs and one poll of them (flows/cli_aoi.py)
 eo serve [--name PATTERN] [--dry-run]         serve deployments/prefect.yaml (flows/serve.py)
 """
@@ -390,6 +391,92 @@ def train_cmd(
     console.print(table)
     console.print(f"weights: {summary.weights}\nsha256:  {summary.sha256}")
     console.print(f"trained on {summary.training_data}")
+
+
+@app.command("evaluate-real")
+def evaluate_real_cmd(
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Label raster: 1 changed, 0 unchanged, other values unlabelled."),
+    ] = None,
+    stac_url: Annotated[
+        str | None, typer.Option(help="STAC API serving the pair's scenes.")
+    ] = None,
+    before: Annotated[str | None, typer.Option(help="START/END of the first period.")] = None,
+    after: Annotated[str | None, typer.Option(help="START/END of the second period.")] = None,
+    collections: Annotated[
+        str, typer.Option(help="Collections to search, comma-separated.")
+    ] = "landsat-c2-l2",
+    nanjing: Annotated[
+        Path | None,
+        typer.Option(
+            help="The real-data folder holding the Nanjing pair: serve it and score it "
+            "(instead of --labels/--stac-url/--before/--after)."
+        ),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Where the products go.")] = None,
+) -> None:
+    """Change detection on a real labelled pair through the change-detection flow: the
+    model (default parameters) next to the CVA baseline, scored on the labels."""
+    import tempfile
+
+    from flows.cli_run import _range
+    from flows.evaluate import evaluate_real_change
+
+    work = Path(tempfile.mkdtemp(prefix="eo-evaluate-real-"))
+    out = str(output or work / "products")
+    server = None
+    try:
+        if nanjing is not None:
+            from models.training.realdata import nanjing_pair, write_labels, write_landsat_items
+            from tasks.stac_server import serve_stac
+
+            pair = nanjing_pair(nanjing)
+            server = serve_stac(write_landsat_items(pair, work / "archive"))
+            labels, stac_url = write_labels(pair, work / "labels.tif"), server.url
+            before, after = before or "2000-04-01/2000-10-31", after or "2002-04-01/2002-10-31"
+        missing = [
+            o
+            for o, v in (
+                ("--labels", labels),
+                ("--stac-url", stac_url),
+                ("--before", before),
+                ("--after", after),
+            )
+            if v is None
+        ]
+        if missing:
+            _fail(PipelineError(f"{', '.join(missing)}: needed (or --nanjing DIR)."))
+        assert labels and stac_url and before and after
+        b, a = _range(before, "--before"), _range(after, "--after")
+        result = evaluate_real_change(
+            labels,
+            stac_api_url=stac_url,
+            before=(b["start"], b["end"]),
+            after=(a["start"], a["end"]),
+            collections=[c.strip() for c in collections.split(",") if c.strip()],
+            output_url=out,
+            name="nanjing" if nanjing is not None else None,
+        )
+    except PipelineError as err:
+        _fail(err)
+        return
+    finally:
+        if server is not None:
+            server.stop()
+    table = Table(title=f"{result.name}: DL vs baseline on {result.labelled} labelled pixels")
+    for col in ("metric", "DL", "baseline"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for metric in ("f1", "precision", "recall"):
+        table.add_row(metric, f"{result.dl[metric]:.3f}", f"{result.baseline[metric]:.3f}")
+    console.print(table)
+    d = result.domain
+    if d:
+        console.print(
+            f"domain score {d['score']:.2f} (threshold {d['threshold']:.2f}, channel "
+            f"{d['channel']}); adapted on {d['adapted_tiles']} of {d['tiles']} tile(s)"
+        )
+    console.print(f"products: {out}")
 
 
 @app.command("evaluate")

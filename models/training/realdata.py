@@ -50,6 +50,7 @@ __all__ = [
     "NANJING_DIR",
     "RealPair",
     "nanjing_pair",
+    "write_labels",
     "write_landsat_items",
 ]
 
@@ -301,3 +302,15 @@ def write_landsat_items(pair: RealPair, root: Path) -> list[Path]:
     coll = stac / "landsat-c2-l2.json"
     coll.write_text(json.dumps(collection))
     return [coll, out]
+
+
+def write_labels(pair: RealPair, path: Path) -> Path:
+    """`pair`'s labels as a single-band uint8 GeoTIFF on its grid (1 changed, 0 unchanged,
+    255 = nodata, unlabelled): the label raster `eo evaluate-real` reads."""
+    import rasterio
+
+    values = np.where(pair.labels < 0, 255, pair.labels).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **pair.grid.geotiff_profile(1, "uint8", nodata=255)) as dst:
+        dst.write(values, 1)
+    return path

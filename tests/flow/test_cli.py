@@ -37,6 +37,14 @@ def test_eo_run_invalid_aoi_names_the_field() -> None:
     assert "invalid aoi" in result.output and "4 numbers" in result.output
 
 
+def test_eo_evaluate_real_names_the_options_it_lacks(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate-real", "--stac-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "--labels, --before, --after: needed (or --nanjing DIR)" in result.output
+    result = runner.invoke(app, ["evaluate-real", "--nanjing", str(tmp_path)])
+    assert result.exit_code == 2 and "real-data folder" in result.output
+
+
 def test_eo_run_reversed_dates_names_the_field() -> None:
     result = runner.invoke(
         app,
