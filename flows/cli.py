@@ -489,6 +489,13 @@ def evaluate_cmd(
         Path | None, typer.Option(help="Weights folder that wins over the shipped one.")
     ] = None,
     tiny: Annotated[bool, typer.Option(help="A tiny world (seconds; for trying it out).")] = False,
+    sampled: Annotated[
+        bool,
+        typer.Option(
+            help="Worlds whose configuration is drawn per seed (latitude, season, clouds, "
+            "misregistration, growth; seeds >= 1000)."
+        ),
+    ] = False,
     change_pairs: Annotated[
         str | None, typer.Option(help="Change year pairs, e.g. 1991-2025,2009-2025.")
     ] = None,
@@ -499,7 +506,9 @@ def evaluate_cmd(
     from flows.evaluate import EvaluateParams, bar_summary, check_unseen, evaluate
 
     seeds = _seed_list(seed, "--seed")
-    world: Literal["demo", "tiny"] = "tiny" if tiny else "demo"
+    if tiny and sampled:
+        _fail(PipelineError("--tiny and --sampled: choose one."))
+    world: Literal["demo", "tiny", "sampled"] = "tiny" if tiny else "sampled" if sampled else "demo"
     try:  # all of them before the first world is built
         check_unseen(seeds, world=world, weights_dir=None if weights is None else str(weights))
     except PipelineError as err:

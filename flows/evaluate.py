@@ -50,6 +50,15 @@ def training_seeds(weights_dir: str | None = None) -> frozenset[int]:
 def check_unseen(seeds: Sequence[int], *, world: str, weights_dir: str | None) -> None:
     """Refuse demo-world `seeds` the shipped weights were trained on (a score on a training
     world says nothing about generalisation). Other weights: their training is theirs."""
+    if world == "sampled":
+        from tasks.synthetic.sampler import EVAL_SEED_MIN
+
+        if bad := sorted(s for s in seeds if s < EVAL_SEED_MIN):
+            raise InputError(
+                f"seed {', '.join(map(str, bad))}: the sampler's training range (below "
+                f"{EVAL_SEED_MIN}); evaluate sampled worlds of seed {EVAL_SEED_MIN} or more."
+            )
+        return
     if world != "demo" or weights_dir is not None:
         return
     seen = training_seeds()
@@ -64,7 +73,11 @@ class EvaluateParams(BaseModel):
     """Which world to evaluate on, and which weights."""
 
     seed: int = Field(description="Seed of the evaluation world (never a training seed).")
-    world: WorldKind = Field(default="demo", description="World configuration: demo or tiny.")
+    world: WorldKind = Field(
+        default="demo",
+        description="World configuration: demo, tiny, or sampled (drawn per seed over what "
+        "varies between archives; seeds >= 1000).",
+    )
     weights_dir: str | None = Field(
         default=None, description="Folder of weights that wins over the shipped ones."
     )

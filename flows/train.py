@@ -38,7 +38,7 @@ __all__ = [
     "world_base",
 ]
 
-WorldKind = Literal["demo", "tiny"]
+WorldKind = Literal["demo", "tiny", "sampled"]
 Kind = Literal["change", "footprint", "dynamics"]
 
 
@@ -183,10 +183,16 @@ class TrainSummary(BaseModel):
     training_data: str = Field(description="Synthetic world seeds and/or the label file.")
 
 
-def world_base(world: WorldKind) -> Any:
-    """The `ArchiveConfig` a world seed is applied to."""
+def world_base(world: WorldKind, seed: int | None = None) -> Any:
+    """The `ArchiveConfig` a world seed is applied to: the demo's, the tiny one, or (for
+    ``sampled``) the one `tasks.synthetic.sampler.sample_config` draws for `seed`."""
     from tasks.synthetic import DEMO_CONFIG, tiny_config
+    from tasks.synthetic.sampler import sample_config
 
+    if world == "sampled":
+        if seed is None:
+            raise InputError("world: a sampled world needs its seed.")
+        return sample_config(seed)
     return tiny_config() if world == "tiny" else DEMO_CONFIG
 
 
@@ -197,7 +203,7 @@ def ensure_world_task(seed: int, world: WorldKind = "demo") -> str:
     from models.training.data import ensure_world, world_from_archive
 
     workers = 1 if world == "tiny" else None
-    root = ensure_world(seed, base=world_base(world), workers=workers)
+    root = ensure_world(seed, base=world_base(world, seed), workers=workers)
     world_from_archive(root)  # builds and caches composites + labels
     get_run_logger().info("world %d ready at %s", seed, root)
     return str(root)

@@ -1,0 +1,39 @@
+"""The configuration sampler: deterministic per seed, every draw in its documented range, and
+the training range of seeds kept out of evaluation."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.evaluate import check_unseen
+from tasks.errors import InputError
+from tasks.synthetic import DEMO_CONFIG
+from tasks.synthetic.sampler import EVAL_SEED_MIN, sample_config
+
+
+def test_sample_config_is_deterministic_and_differs_between_seeds() -> None:
+    assert sample_config(1001) == sample_config(1001)
+    assert sample_config(1001) != sample_config(1002)
+    assert sample_config(1001).seed == 1001
+
+
+def test_sample_config_draws_within_the_documented_ranges() -> None:
+    configs = [sample_config(s) for s in range(EVAL_SEED_MIN, EVAL_SEED_MIN + 200)]
+    for c in configs:
+        assert 35.0 <= c.center_lat <= 60.0 and -5.0 <= c.center_lon <= 30.0
+        assert 0.1 <= c.shift_sigma_px <= 0.6
+        assert all(abs(v) <= 10.0 for v in c.landsat_offset_m)
+        assert 0.02 <= c.builtup_start <= 0.08 and 0.15 <= c.builtup_end <= 0.40
+        assert c.size_m == DEMO_CONFIG.size_m and c.end_year == DEMO_CONFIG.end_year
+    # every season, revisit and cloud regime is drawn
+    assert {c.months for c in configs} == {(4, 10), (5, 9), (3, 6), (8, 11)}
+    assert {c.max_scenes_per_year for c in configs} == {2, 3, 5}
+    assert {c.cloud_beta for c in configs} == {(0.35, 0.6), (0.45, 0.33), (0.6, 0.3)}
+
+
+def test_sampled_worlds_of_the_training_range_are_refused_for_evaluation() -> None:
+    with pytest.raises(InputError, match="training range"):
+        check_unseen([EVAL_SEED_MIN, 7], world="sampled", weights_dir=None)
+    check_unseen([EVAL_SEED_MIN, EVAL_SEED_MIN + 1], world="sampled", weights_dir=None)
+    with pytest.raises(InputError, match="negative"):
+        sample_config(-1)
