@@ -24,7 +24,8 @@ publishes one product. `make_product` is the one-tile case.
 **Domain score and adaptation** (`tasks.adapt`). A model product records how far its inputs
 are from the training distribution (``domain_score`` and ``domain_channel`` attrs, the tile
 file's tags, the Item's ``eo_pipeline:domain``: the worst tile) and logs a warning above
-`tasks.adapt.DOMAIN_ADAPT_SCORE`. There the change model is fine-tuned on the tile itself
+`tasks.adapt.DOMAIN_WARN_SCORE`; above `tasks.adapt.DOMAIN_ADAPT_SCORE` the change model is
+fine-tuned on the tile itself
 before it maps it (``adapt="auto"``; ``"always"``, ``"never"``): attr ``adapted`` 1.
 
 **Memory.** A `TileProduct` is a small reference (its file, its tile, the scene ids; not the
@@ -69,6 +70,7 @@ from models.registry import load_model, resolve
 from models.spec import WeightsSpec
 from tasks.adapt import (
     DOMAIN_ADAPT_SCORE,
+    DOMAIN_WARN_SCORE,
     AdaptMode,
     DomainScore,
     change_seeds,
@@ -262,7 +264,7 @@ def _warn_out_of_domain(spec: WeightsSpec, score: DomainScore) -> None:
             spec.task,
             spec.name,
             score.describe(),
-            DOMAIN_ADAPT_SCORE,
+            DOMAIN_WARN_SCORE,
         )
 
 
@@ -544,8 +546,9 @@ def domain_properties(parts: Sequence[TileProduct]) -> dict[str, Any]:
         "eo_pipeline:domain": {
             "score": worst.score,
             "channel": worst.channel,
-            "threshold": DOMAIN_ADAPT_SCORE,
-            "out_of_domain": worst.score > DOMAIN_ADAPT_SCORE,
+            "threshold": DOMAIN_WARN_SCORE,
+            "out_of_domain": worst.score > DOMAIN_WARN_SCORE,
+            "adapt_threshold": DOMAIN_ADAPT_SCORE,
             "adapted_tiles": sum(d.adapted for d in scored),
             "tiles": len(scored),
             "method": "rms over input channels of sqrt(mean^2 + ln(std)^2), in training "

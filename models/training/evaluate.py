@@ -9,7 +9,9 @@ composites. Scores (all on the whole world, which no training run has seen):
 - footprint: `predict_footprint` (P >= 0.5) vs `builtup_rule` (NDBI rule): IoU, F1,
   precision, recall, ECE;
 - dynamics: `predict_dynamics` urbanization year vs `breakpoint_year`: share within ±1 year,
-  mean absolute error, share of never-built pixels given a year, ECE.
+  mean absolute error, share of never-built pixels given a year, ECE;
+- change and footprint: the domain score of their inputs (`tasks.adapt.domain_score`; change:
+  the larger of the pairs'), the number that decides run-time adaptation in the flows.
 
 Change is scored over `EVAL_PAIRS` pooled; the year of urbanization over the pixels that
 became built-up after the first year (true year = first year with a majority of built-up truth).
@@ -32,7 +34,14 @@ from models.registry import load_model
 from models.training.data import BANDS, WorldData
 from models.training.metrics import binary_scores, year_agreement
 from models.training.recipes import MODEL_NAMES, first_built_year
-from tasks.infer import predict_change, predict_dynamics, predict_footprint, resolve_device
+from tasks.adapt import domain_score
+from tasks.infer import (
+    model_inputs,
+    predict_change,
+    predict_dynamics,
+    predict_footprint,
+    resolve_device,
+)
 
 __all__ = ["BARS", "EVAL_PAIRS", "Evaluation", "evaluate_world"]
 
@@ -98,6 +107,7 @@ def evaluate_world(
     net, spec = load_model(names["change"], device=dev, extra_dir=weights_dir)
     ev.models["change"] = f"{spec.name} ({spec.sha256})"
     probs, preds_b, labels, valids = [], [], [], []
+    scores: list[float] = []  # domain score of each pair (tasks.adapt)
     for a, b in pairs:
         before = _da(world.annual[world.year_index(a)])
         after = _da(world.annual[world.year_index(b)])
@@ -108,11 +118,13 @@ def evaluate_world(
         preds_b.append(base["change"].values[valid])
         labels.append(world.change_label(a, b)[valid])
         valids.append(valid)
+        scores.append(domain_score(spec, *model_inputs(spec, before, after)).value)
     p, y, pb = np.concatenate(probs), np.concatenate(labels), np.concatenate(preds_b)
     dl, bl = binary_scores(p >= 0.5, y), binary_scores(pb, y)
     for m in ("f1", "precision", "recall"):
         ev.rows.append(("change", m, dl[m], bl[m]))
     ev.rows.append(("change", "ece", expected_calibration_error(p, y), float("nan")))
+    ev.rows.append(("change", "domain_score", max(scores), float("nan")))
 
     # footprint ---------------------------------------------------------------------------
     net, spec = load_model(names["footprint"], device=dev, extra_dir=weights_dir)
@@ -126,6 +138,8 @@ def evaluate_world(
     for m in ("iou", "f1", "precision", "recall"):
         ev.rows.append(("footprint", m, dl[m], bl[m]))
     ev.rows.append(("footprint", "ece", expected_calibration_error(p, y), float("nan")))
+    fp_score = domain_score(spec, *model_inputs(spec, comp)).value
+    ev.rows.append(("footprint", "domain_score", fp_score, float("nan")))
 
     # dynamics ----------------------------------------------------------------------------
     net, spec = load_model(names["dynamics"], device=dev, extra_dir=weights_dir)

@@ -90,6 +90,10 @@ def test_change_detection_agrees_with_the_truth(setup: dict[str, str], tiny_trut
     assert f1 >= CHANGE_F1_FLOOR, f1
     assert set(bands) == {"probability", "binary", "confidence", "count"}
     assert np.nanmin(np.where(inside, bands["confidence"], np.nan)) >= 0.5
+    # a synthetic world like the training ones: scored, within the adaptation threshold
+    domain = json.loads(Path(s.product.item_href).read_text())["properties"]["eo_pipeline:domain"]
+    assert 0 < domain["score"] < domain["adapt_threshold"] and domain["adapted_tiles"] == 0
+    assert s.domain == domain
 
 
 def test_urban_footprint_agrees_with_the_truth(setup: dict[str, str], tiny_truth: Truth) -> None:

@@ -9,6 +9,7 @@ import torch
 from models.changenet import FCSiamDiff
 from tasks.adapt import (
     DOMAIN_ADAPT_SCORE,
+    DOMAIN_WARN_SCORE,
     MIN_SEEDS,
     DomainScore,
     change_seeds,
@@ -44,7 +45,7 @@ def test_domain_score_names_the_channel_that_is_off() -> None:
     assert score.worst_channel == "blue" and score.worst_distance == pytest.approx(2.0, abs=0.05)
     # rms over 9 channels of (2, 1, 0, ...): sqrt(5 / 9)
     assert score.value == pytest.approx(np.sqrt(5 / 9), abs=0.03)
-    assert score.out_of_domain == (score.value > DOMAIN_ADAPT_SCORE)
+    assert score.out_of_domain == (score.value > DOMAIN_WARN_SCORE)
     assert "blue" in score.describe()
 
 
@@ -58,7 +59,9 @@ def test_domain_score_refuses_bad_shapes_and_no_observation() -> None:
 
 def test_should_adapt_follows_the_mode() -> None:
     near, far = DomainScore(0.1, "red", 0.2), DomainScore(1.5, "swir16", 2.6)
+    warned = DomainScore((DOMAIN_WARN_SCORE + DOMAIN_ADAPT_SCORE) / 2, "nir", 0.8)
     assert not should_adapt("auto", near) and should_adapt("auto", far)
+    assert warned.out_of_domain and not should_adapt("auto", warned)  # a warning, no more
     assert should_adapt("always", near) and not should_adapt("never", far)
     with pytest.raises(InputError, match="adapt"):
         should_adapt("sometimes", far)  # type: ignore[arg-type]
