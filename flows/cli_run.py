@@ -28,6 +28,10 @@ Aoi = Annotated[str, typer.Option(help="bbox 'w,s,e,n', or a GeoJSON geometry st
 Model = Annotated[str | None, typer.Option(help="Weights name, or 'baseline'.")]
 Output = Annotated[str | None, typer.Option(help="Local path or s3://bucket/prefix.")]
 Stac = Annotated[str | None, typer.Option(help="STAC API root (default EO_STAC_API_URL).")]
+Epsg = Annotated[
+    int | None,
+    typer.Option(help="CRS of the product grid (EPSG code); default the scenes' own zone."),
+]
 
 
 def _range(text: str, option: str) -> dict[str, str]:
@@ -64,8 +68,10 @@ def _execute(title: str, build: Callable[[], Any], run: Callable[[Any], Any]) ->
     console.print(table)
 
 
-def _common(aoi: str, model: str | None, output: str | None, stac: str | None) -> dict[str, Any]:
-    values: dict[str, Any] = {"aoi": aoi, "output_url": output, "stac_api_url": stac}
+def _common(
+    aoi: str, model: str | None, output: str | None, stac: str | None, epsg: int | None = None
+) -> dict[str, Any]:
+    values: dict[str, Any] = {"aoi": aoi, "output_url": output, "stac_api_url": stac, "epsg": epsg}
     if model is not None:
         values["model"] = model
     return values
@@ -84,9 +90,14 @@ def run_change(
             "training data), always or never."
         ),
     ] = "auto",
+    collections: Annotated[
+        str | None,
+        typer.Option(help="STAC collections, comma-separated (default both Landsat and S2)."),
+    ] = None,
     model: Model = None,
     output: Output = None,
     stac_url: Stac = None,
+    epsg: Epsg = None,
 ) -> None:
     """Change between two periods."""
     from flows.params import ChangeDetectionParams
@@ -96,11 +107,16 @@ def run_change(
         "change-detection",
         lambda: ChangeDetectionParams.model_validate(
             {
-                **_common(aoi, model, output, stac_url),
+                **_common(aoi, model, output, stac_url, epsg),
                 "before": _range(before, "--before"),
                 "after": _range(after, "--after"),
                 "threshold": threshold,
                 "adapt": adapt,
+                **(
+                    {"collections": [c.strip() for c in collections.split(",") if c.strip()]}
+                    if collections
+                    else {}
+                ),
             }
         ),
         change_detection,
@@ -114,6 +130,7 @@ def run_footprint(
     model: Model = None,
     output: Output = None,
     stac_url: Stac = None,
+    epsg: Epsg = None,
 ) -> None:
     """Built-up footprint of one year."""
     from flows.params import UrbanFootprintParams
@@ -121,7 +138,7 @@ def run_footprint(
 
     _execute(
         "urban-footprint",
-        lambda: UrbanFootprintParams(**_common(aoi, model, output, stac_url), year=year),
+        lambda: UrbanFootprintParams(**_common(aoi, model, output, stac_url, epsg), year=year),
         urban_footprint,
     )
 
@@ -134,6 +151,7 @@ def run_dynamics(
     model: Model = None,
     output: Output = None,
     stac_url: Stac = None,
+    epsg: Epsg = None,
 ) -> None:
     """Year of urbanization, first..last year."""
     from flows.params import UrbanDynamicsParams
@@ -144,7 +162,7 @@ def run_dynamics(
         extra["last_year"] = last_year
     _execute(
         "urban-dynamics",
-        lambda: UrbanDynamicsParams(**_common(aoi, model, output, stac_url), **extra),
+        lambda: UrbanDynamicsParams(**_common(aoi, model, output, stac_url, epsg), **extra),
         urban_dynamics,
     )
 
@@ -155,6 +173,7 @@ def run_monitor(
     baseline: Annotated[bool, typer.Option(help="Use baselines.")] = False,
     output: Output = None,
     stac_url: Stac = None,
+    epsg: Epsg = None,
 ) -> None:
     """All three products for one AOI."""
     from flows.params import MonitorParams
@@ -162,6 +181,6 @@ def run_monitor(
 
     _execute(
         "monitor",
-        lambda: MonitorParams(**_common(aoi, None, output, stac_url), use_baselines=baseline),
+        lambda: MonitorParams(**_common(aoi, None, output, stac_url, epsg), use_baselines=baseline),
         monitor,
     )

@@ -52,6 +52,20 @@ def test_eo_evaluate_sampled_refuses_training_seeds_before_any_world() -> None:
     assert result.exit_code == 2 and "choose one" in result.output
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--epsg", "5", "invalid epsg"), ("--adapt", "sometimes", "invalid adapt"),
+     ("--collections", "sentinel-1-grd", "invalid collections")],
+)  # fmt: skip
+def test_eo_run_change_options_reach_the_parameters(option: str, value: str, message: str) -> None:
+    result = runner.invoke(
+        app,
+        ["run", "change-detection", "--aoi", "11.955,51.335,11.985,51.365",
+         "--before", "2018-05-01/2018-09-30", "--after", "2023-05-01/2023-09-30", option, value],
+    )  # fmt: skip
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_eo_run_reversed_dates_names_the_field() -> None:
     result = runner.invoke(
         app,
