@@ -31,11 +31,13 @@ adapting there would cut change F1 from 0.88 to 0.50 (world 101, measured with
 ``adapt="always"`` and no such guard). The guard alone is not enough: on sampled world 1001's
 1991 -> 2025 pair the detectors agreed on more than half, and the forced adaptation cut F1
 from 0.905 to 0.303. Adaptation is for inputs far from the training data
-(`DOMAIN_ADAPT_SCORE`), where the shipped model is already the weaker detector. The model (a copy) is trained for `ADAPT_STEPS` steps
-on random patches with a class-weighted BCE on the seeds only, D4 augmentation, then maps the
-AOI with temperature 1. The seed rule was chosen on the one real labelled pair the project holds
-(Nanjing): the numbers measured on it are not an unbiased estimate (README). On a tile, the
-seeds are a statistic of that tile, as Otsu's threshold is for the CVA baseline.
+(`DOMAIN_ADAPT_SCORE`), where the shipped model is already the weaker detector.
+
+The model (a copy) is trained for `ADAPT_STEPS` steps on random patches with a class-weighted
+BCE on the seeds only, D4 augmentation, then maps the AOI with temperature 1. The seed rule was
+chosen on the one real labelled pair the project holds (Nanjing): the numbers measured on it
+are not an unbiased estimate (README). On a tile, the seeds are a statistic of that tile, as
+Otsu's threshold is for the CVA baseline.
 
 Training code (`models.training`) is not imported here: this is a dozen lines of optimizer
 steps on one AOI, not the synthetic-world training pipeline.
