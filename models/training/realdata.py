@@ -41,10 +41,9 @@ from shapely.geometry import box
 from tasks.aoi import GridSpec, reproject_geometry
 from tasks.errors import InputError
 from tasks.synthetic.bands import LANDSAT_ASSETS
-from tasks.synthetic.masks import qa_pixel_bitfields
 from tasks.synthetic.orbits import sun_position
-from tasks.synthetic.stac import COG_TYPE, LANDSAT_OFFSET, LANDSAT_SCALE
-from tasks.synthetic.writer import write_cog
+from tasks.synthetic.stac import LANDSAT_OFFSET, LANDSAT_SCALE, landsat_assets
+from tasks.synthetic.writer import digital_numbers, write_cog
 
 __all__ = [
     "NANJING_DIR",
@@ -178,49 +177,7 @@ def _item(pair: RealPair, i: int, hrefs: dict[str, Path]) -> dict[str, Any]:
     lats = [p[1] for p in geometry["coordinates"][0]]
     moment = pair.datetimes[i]
     az, el = sun_position(moment, float(np.mean(lons)), float(np.mean(lats)))
-    proj = {
-        "proj:epsg": grid.epsg,
-        "proj:code": grid.crs,
-        "proj:shape": list(grid.shape),
-        "proj:transform": list(grid.transform)[:6],
-    }
-    assets: dict[str, Any] = {}
-    for band in LANDSAT_ASSETS["tm"]:
-        assets[band.asset] = {
-            "href": str(hrefs[band.asset]),
-            "type": COG_TYPE,
-            "title": band.title,
-            "eo:bands": [
-                {
-                    "name": band.eo_name,
-                    "common_name": band.common_name,
-                    "center_wavelength": band.center_um,
-                    "full_width_half_max": band.fwhm_um,
-                }
-            ],
-            **proj,
-            "raster:bands": [
-                {
-                    "nodata": 0,
-                    "data_type": "uint16",
-                    "spatial_resolution": 30,
-                    "scale": LANDSAT_SCALE,
-                    "offset": LANDSAT_OFFSET,
-                }
-            ],
-            "roles": ["data", "reflectance"],
-        }
-    assets["qa_pixel"] = {
-        "href": str(hrefs["qa_pixel"]),
-        "type": COG_TYPE,
-        "title": "Pixel Quality Assessment Band",
-        "classification:bitfields": qa_pixel_bitfields(oli=False),
-        **proj,
-        "raster:bands": [
-            {"nodata": 1, "data_type": "uint16", "spatial_resolution": 30, "unit": "bit index"}
-        ],
-        "roles": ["cloud", "cloud-shadow", "snow-ice", "water-mask"],
-    }
+    assets = landsat_assets("tm", hrefs, grid)
     stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
         "type": "Feature",
@@ -248,7 +205,10 @@ def _item(pair: RealPair, i: int, hrefs: dict[str, Path]) -> dict[str, Any]:
             "landsat:correction": "L2SP",
             "description": f"{pair.name}: real TM DN as approximate surface reflectance "
             "(models.training.realdata)",
-            **proj,
+            "proj:epsg": grid.epsg,
+            "proj:code": grid.crs,
+            "proj:shape": list(grid.shape),
+            "proj:transform": list(grid.transform)[:6],
         },
         "links": [],
         "assets": assets,
@@ -268,10 +228,8 @@ def write_landsat_items(pair: RealPair, root: Path) -> list[Path]:
         hrefs: dict[str, Path] = {}
         refl = composite.values
         for k, band in enumerate(LANDSAT_ASSETS["tm"]):
-            dn = np.rint((np.nan_to_num(refl[k], nan=0.0) - LANDSAT_OFFSET) / LANDSAT_SCALE)
-            dn = np.clip(dn, 1, 65535).astype(np.uint16)
-            dn[np.isnan(refl[k])] = 0
             hrefs[band.asset] = folder / f"{band.asset}.tif"
+            dn = digital_numbers(refl[k], LANDSAT_SCALE, LANDSAT_OFFSET)
             write_cog(hrefs[band.asset], dn, pair.grid, 0, "average")
         qa = np.where(np.isfinite(refl).all(axis=0), QA_CLEAR, 1).astype(np.uint16)
         hrefs["qa_pixel"] = folder / "qa_pixel.tif"

@@ -12,6 +12,7 @@ configuration writes the same JSON.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import shapely.geometry
 
 from tasks.aoi import GridSpec
 from tasks.synthetic.acquisitions import Acquisition, ItemSpec
-from tasks.synthetic.bands import AssetBand, reflectance_assets
+from tasks.synthetic.bands import LANDSAT_ASSETS, AssetBand, Instrument, reflectance_assets
 from tasks.synthetic.masks import QA, SCL, qa_pixel_bitfields
 from tasks.synthetic.orbits import processing_baseline
 
@@ -31,6 +32,7 @@ __all__ = [
     "LANDSAT_SCALE",
     "S2_SCALE",
     "collection_dict",
+    "landsat_assets",
     "landsat_item",
     "s2_boa_offset",
     "sentinel2_item",
@@ -253,8 +255,17 @@ def landsat_item(
         "processing:software": {"landsat-to-stac": "v2023.11.16"},
         "updated": _stamp(generated + timedelta(hours=2)),
     }
+    assets = landsat_assets(instrument, hrefs, grid)
+    return _item(spec, acq, properties, assets, geometry, bbox, _LANDSAT_EXTENSIONS)
+
+
+def landsat_assets(
+    instrument: Instrument, hrefs: Mapping[str, Path], grid: GridSpec
+) -> dict[str, Any]:
+    """The reflectance and ``qa_pixel`` assets of an Earth Search v1 ``landsat-c2-l2`` Item of
+    `instrument` on `grid` (uint16 Collection 2 DN, `LANDSAT_SCALE` / `LANDSAT_OFFSET`)."""
     assets: dict[str, Any] = {}
-    for band in reflectance_assets(acq.platform):
+    for band in LANDSAT_ASSETS[instrument]:
         file_band = "SR_" + band.eo_name.split("_")[1]  # e.g. SR_B4, as in the USGS file names
         assets[band.asset] = {
             "href": str(hrefs[band.asset]),
@@ -286,7 +297,7 @@ def landsat_item(
         ],
         "roles": ["cloud", "cloud-shadow", "snow-ice", "water-mask"],
     }
-    return _item(spec, acq, properties, assets, geometry, bbox, _LANDSAT_EXTENSIONS)
+    return assets
 
 
 def _item(

@@ -116,7 +116,7 @@ def write_cog(
         dst.write(array, 1)
 
 
-def _digital_numbers(
+def digital_numbers(
     reflectance: NDArray[np.float32], scale: float, offset: float
 ) -> NDArray[np.uint16]:
     """uint16 DN = (rho - offset) / scale, clipped to 1..65535; NaN (no data) becomes 0."""
@@ -159,7 +159,7 @@ def _write_item(
         clean, grid = item.band(band.asset)
         noisy = clean + rng.normal(0.0, sigma, clean.shape).astype(np.float32)
         name = relative / f"{band.asset}.tif"
-        write_cog(job.staging / name, _digital_numbers(noisy, scale, offset), grid, 0, "average")
+        write_cog(job.staging / name, digital_numbers(noisy, scale, offset), grid, 0, "average")
         hrefs[band.asset] = job.final / name
     quality_name = "scl" if s2 else "qa_pixel"
     quality_grid = spec.grids[-1]
