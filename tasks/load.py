@@ -44,7 +44,7 @@ import logging
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
@@ -342,35 +342,37 @@ def default_grid(aoi: AoiLike, collections: Sequence[str]) -> GridSpec:
     return grid_for_aoi(aoi, min(DEFAULT_RESOLUTION_M[f] for f in families))
 
 
-def _scene_pixel_grid(scene: SceneRef, resolution: float) -> tuple[int, float, float] | None:
-    """(EPSG, x, y of a pixel corner) of the first asset of `scene` on a `resolution` grid
-    (``proj:transform`` of the asset, else of the Item), or None where undeclared."""
-    item = scene.item
-    props = item.get("properties", {})
-    for asset in [*item.get("assets", {}).values(), props]:
-        transform = asset.get("proj:transform") or props.get("proj:transform")
-        code = asset.get("proj:epsg") or asset.get("proj:code") or props.get("proj:epsg")
-        code = code or props.get("proj:code")
-        if not transform or code is None or len(transform) < 6:
-            continue
-        if abs(abs(float(transform[0])) - resolution) > 1e-6:
-            continue
-        epsg = int(str(code).split(":")[-1])
-        return epsg, float(transform[2]), float(transform[5])
-    return None
+def _epsg_of(source: Mapping[str, Any]) -> int | None:
+    """``proj:epsg`` or ``proj:code`` (``EPSG:NNNN``) of an Item's properties or an asset."""
+    code = source.get("proj:epsg") or source.get("proj:code")
+    if code is None:
+        return None
+    try:
+        return int(str(code).split(":")[-1])
+    except ValueError:
+        return None
 
 
 def scene_epsg(scene: SceneRef) -> int | None:
-    """The CRS (EPSG code) an Item declares for itself or its first asset that has one."""
-    item = scene.item
-    props = item.get("properties", {})
-    for source in [props, *item.get("assets", {}).values()]:
-        code = source.get("proj:epsg") or source.get("proj:code")
-        if code is not None:
-            try:
-                return int(str(code).split(":")[-1])
-            except ValueError:
-                continue
+    """The CRS (EPSG code) an Item declares for itself, else for its first asset that does."""
+    props = scene.item.get("properties", {})
+    for source in (props, *scene.item.get("assets", {}).values()):
+        if (epsg := _epsg_of(source)) is not None:
+            return epsg
+    return None
+
+
+def _scene_pixel_grid(scene: SceneRef, resolution: float) -> tuple[int, float, float] | None:
+    """(EPSG, x, y of a pixel corner) of the first asset of `scene` on a `resolution` grid
+    (its ``proj:*``, each falling back to the Item's), or None where undeclared."""
+    props = scene.item.get("properties", {})
+    for source in (*scene.item.get("assets", {}).values(), props):
+        transform = source.get("proj:transform") or props.get("proj:transform")
+        epsg = _epsg_of(source) or _epsg_of(props)
+        if not transform or len(transform) < 6 or epsg is None:
+            continue
+        if abs(abs(float(transform[0])) - resolution) <= 1e-6:
+            return epsg, float(transform[2]), float(transform[5])
     return None
 
 

@@ -229,6 +229,9 @@ def model_change(
     ``confidence`` and ``valid``; attrs ``method``, ``weights_sha256``, ``domain_score``,
     ``domain_channel`` and ``adapted`` (0/1)."""
     dev = resolve_device(device)
+    # one read of the two tiles: the model, the domain score, ISFA and the adapted model all
+    # read them (lazy composites would be read from disk each time)
+    before, after = before.compute(), after.compute()
     with gpu_slot(dev):
         net, spec = load_model(model, device=dev)
         ds = predict_change(net, spec, before, after, device=dev, select_bands=True)
@@ -331,6 +334,7 @@ def footprint_map(
         attrs = {"method": "ndbi-rule"}
     else:
         dev = resolve_device(device)
+        comp = comp.compute()  # read once: the model and the domain score both read it
         with gpu_slot(dev):
             net, spec = load_model(model, device=dev)
             ds = predict_footprint(net, spec, comp, device=dev, select_bands=True)
