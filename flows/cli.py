@@ -305,6 +305,9 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option(help="Max epochs (default: recipe).")] = None,
     steps: Annotated[int | None, typer.Option(help="Batches per epoch (default: recipe).")] = None,
     tiny: Annotated[bool, typer.Option(help="Tiny worlds (seconds; for trying it out).")] = False,
+    sampled: Annotated[
+        bool, typer.Option(help="Sampled worlds: each seed (< 1000) its own configuration.")
+    ] = False,
     change_pairs: Annotated[
         str | None, typer.Option(help="Change year pairs, e.g. 1990-2024,2005-2024.")
     ] = None,
@@ -364,7 +367,7 @@ def train_cmd(
             {
                 "kind": kind,
                 "world_seeds": _seed_list(seeds),
-                "world": "tiny" if tiny else "demo",
+                "world": "tiny" if tiny else "sampled" if sampled else "demo",
                 "labels": label_source,
                 "add_synthetic": add_synthetic,
                 "epochs": epochs,

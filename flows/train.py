@@ -122,7 +122,8 @@ class TrainParams(BaseModel):
     )
     world: WorldKind = Field(
         default="demo",
-        description="World configuration: demo (4 km, 1985-2026) or tiny (1.5 km, tests).",
+        description="World configuration: demo (4 km, 1985-2026), tiny (1.5 km, tests) or "
+        "sampled (each seed its own configuration: tasks.synthetic.sampler; seeds below 1000).",
     )
     labels: LabelSource | None = Field(
         default=None,
@@ -161,6 +162,17 @@ class TrainParams(BaseModel):
                 label_periods(self.kind, **self.labels.years())
             except InputError as err:
                 raise ValueError(f"labels.{err}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _sampled_seeds_for_training(self) -> TrainParams:
+        from tasks.synthetic.sampler import EVAL_SEED_MIN
+
+        if self.world == "sampled" and (bad := [s for s in self.world_seeds if s >= EVAL_SEED_MIN]):
+            raise ValueError(
+                f"world_seeds: {bad} are the sampler's evaluation range; train on seeds below "
+                f"{EVAL_SEED_MIN}."
+            )
         return self
 
     @property
@@ -270,7 +282,9 @@ def train_task(
         stem = safe_name(Path(labelled[0].labels.name).stem.lower(), max_length=40)
         name = f"{MODEL_NAMES[params.kind]}-{stem}".lower()
     out_dir = Path(params.output_dir or get_settings().cache_dir / "weights")
-    outcome = train_model(worlds, settings, out_dir=out_dir, name=name, logger=get_run_logger())
+    outcome = train_model(
+        worlds, settings, out_dir=out_dir, name=name, logger=get_run_logger(), world=params.world
+    )
     spec = outcome.spec
     seeds = [int(s) for s in params.synthetic_seeds]
     if labelled:
@@ -280,7 +294,7 @@ def train_task(
         data = f"labels {spec.training_data.labels} (sha256 {spec.training_data.labels_sha256})"
         data += f" + synthetic worlds {seeds}" if seeds else ""
     else:
-        data = f"synthetic worlds {seeds}"
+        data = f"synthetic {params.world} worlds {seeds}"
     return TrainSummary(
         name=spec.name,
         weights=str(outcome.weights_path),

@@ -50,6 +50,11 @@ class TrainingData(BaseModel):
         description="synthetic ground truth, user labels, or none (untrained / test weights)"
     )
     world_seeds: tuple[int, ...] = Field(default=(), description="synthetic world seeds used")
+    world: str = Field(
+        default="demo",
+        description="configuration the seeds apply to: demo, tiny, or sampled (each seed its "
+        "own configuration, tasks.synthetic.sampler)",
+    )
     labels: str | None = Field(default=None, description="user label set (URL or name + version)")
     labels_sha256: str | None = Field(
         default=None, pattern=_SHA256, description="sha256 of the user label file"

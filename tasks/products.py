@@ -28,6 +28,12 @@ file's tags, the Item's ``eo_pipeline:domain``: the worst tile) and logs a warni
 fine-tuned on the tile itself
 before it maps it (``adapt="auto"``; ``"always"``, ``"never"``): attr ``adapted`` 1.
 
+**Radiometric normalisation** (`tasks.radnorm`). Before a change map compares two
+composites, model or baseline, the after composite is mapped onto the before one's
+radiometry on their pseudo-invariant pixels (a gain and offset per band, per tile: a
+statistic of the tile, as Otsu's threshold is); the tile's tags and the Item's
+``eo_pipeline:radiometric_normalization`` record it.
+
 **Memory.** A `TileProduct` is a small reference (its file, its tile, the scene ids; not the
 composites' provenance), and `publish_tiles` never holds the mosaic: it writes it window by
 window (`tasks.publish.WINDOW_PX`) from the tiles' files into a local GeoTIFF
@@ -98,6 +104,8 @@ from tasks.publish import (
     publish_product,
     write_raster,
 )
+from tasks.radnorm import METHOD as RADNORM_METHOD
+from tasks.radnorm import relative_normalization
 from tasks.refs import SceneRef
 from tasks.report import QUICKLOOK_PX, data_uri, overlay, rgb_quicklook
 from tasks.settings import get_settings
@@ -126,7 +134,9 @@ __all__ = [
     "ProductSummary",
     "TileDomain",
     "TileProduct",
+    "TileRadiometry",
     "change_map",
+    "compare_composites",
     "domain_properties",
     "dynamics_map",
     "footprint_map",
@@ -138,6 +148,7 @@ __all__ = [
     "product_task",
     "publish_tiles",
     "publish_tiles_task",
+    "radiometry_properties",
     "tile_product_task",
 ]
 
@@ -203,16 +214,42 @@ def change_map(
     b, count_b = _read(ref, before, grid)
     a, count_a = _read(ref, after, grid)
     count = xr.where(count_b < count_a, count_b, count_a)
-    attrs: dict[str, Any]
+    ds = compare_composites(b, a, model=model, adapt=adapt, device=device)
+    if model == BASELINE:
+        confidence = _margin_confidence(ds["probability"], threshold).where(ds["valid"])
+    else:
+        confidence = ds["confidence"]
+    return _binary_product(ds["probability"], confidence, count, threshold, dict(ds.attrs))
+
+
+def compare_composites(
+    before: xr.DataArray,
+    after: xr.DataArray,
+    *,
+    model: str = BASELINE,
+    adapt: AdaptMode = "auto",
+    device: str | None = None,
+    weights_dir: Path | str | None = None,
+) -> xr.Dataset:
+    """Change between two composites ``(band, y, x)`` of one grid, as every change product
+    makes it: the after composite normalised onto the before one (`tasks.radnorm`), then the
+    baseline (CVA + Otsu: ``probability`` its score, 0.5 at the threshold) or `model`
+    (`model_change`). Returns ``probability``, ``valid`` (and the model's ``confidence``);
+    attrs: the method's and the normalisation's. `weights_dir`: a folder searched for `model`
+    before the registry's."""
+    # one read of the two tiles for everything below
+    b = before.compute()
+    radiometry = relative_normalization(b, after.compute())
+    a = radiometry.apply(after.compute())
     if model == BASELINE:
         cva = change_vector_analysis(b, a)
-        prob = cva["score"].where(cva["valid"])
-        attrs = {"method": "cva-otsu", "otsu_threshold": float(cva.attrs["threshold"])}
-        confidence = _margin_confidence(prob, threshold).where(cva["valid"])
+        out = xr.Dataset(
+            {"probability": cva["score"].where(cva["valid"]), "valid": cva["valid"]},
+            attrs={"method": "cva-otsu", "otsu_threshold": float(cva.attrs["threshold"])},
+        )
     else:
-        ds = model_change(b, a, model=model, adapt=adapt, device=device)
-        prob, confidence, attrs = ds["probability"], ds["confidence"], ds.attrs
-    return _binary_product(prob, confidence, count, threshold, attrs)
+        out = model_change(b, a, model=model, adapt=adapt, device=device, weights_dir=weights_dir)
+    return out.assign_attrs(radiometry.attrs())
 
 
 def model_change(
@@ -222,6 +259,7 @@ def model_change(
     model: str,
     adapt: AdaptMode = "auto",
     device: str | None = None,
+    weights_dir: Path | str | None = None,
 ) -> xr.Dataset:
     """The change model `model` on two composites ``(band, y, x)`` of one grid (reflectance,
     NaN = no data): `tasks.infer.predict_change`, its domain score and, where `adapt` says so,
@@ -233,7 +271,7 @@ def model_change(
     # read them (lazy composites would be read from disk each time)
     before, after = before.compute(), after.compute()
     with gpu_slot(dev):
-        net, spec = load_model(model, device=dev)
+        net, spec = load_model(model, device=dev, extra_dir=weights_dir)
         ds = predict_change(net, spec, before, after, device=dev, select_bands=True)
         x, observed = model_inputs(spec, before, after, select_bands=True)
         score = domain_score(spec, x, observed)
@@ -510,6 +548,7 @@ class TileProduct:
     scene_ids: tuple[str, ...]  # input scenes of the tile's composites
     backdrop: Backdrop  # the quicklook's true-colour image
     domain: TileDomain | None = None  # a model's domain score on this tile (None: baseline)
+    radiometry: TileRadiometry | None = None  # change: the after date's normalisation
 
 
 @dataclass(frozen=True)
@@ -537,6 +576,68 @@ class TileDomain:
             "domain_channel": self.channel,
             "adapted": str(int(self.adapted)),
         }
+
+
+@dataclass(frozen=True)
+class TileRadiometry:
+    """The relative radiometric normalisation of one change tile (`tasks.radnorm`): the
+    method (or why none), bands, gain and offset per band (comma-separated), invariant pixels.
+    Kept in the tile file's tags (their keys are `Normalization.attrs`')."""
+
+    method: str
+    bands: str
+    gain: str
+    offset: str
+    stable_pixels: int
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> TileRadiometry | None:
+        if "radiometric_normalization" not in attrs:
+            return None
+        return cls(
+            str(attrs["radiometric_normalization"]),
+            str(attrs["normalization_bands"]),
+            str(attrs["normalization_gain"]),
+            str(attrs["normalization_offset"]),
+            int(attrs["normalization_stable_pixels"]),
+        )
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "radiometric_normalization": self.method,
+            "normalization_bands": self.bands,
+            "normalization_gain": self.gain,
+            "normalization_offset": self.offset,
+            "normalization_stable_pixels": str(self.stable_pixels),
+        }
+
+    @property
+    def applied(self) -> bool:
+        return not self.method.startswith("none")
+
+
+def radiometry_properties(parts: Sequence[TileProduct]) -> dict[str, Any]:
+    """The Item's ``eo_pipeline:radiometric_normalization`` from its change tiles: the method,
+    how many tiles it was applied on, and per band the median gain and offset over them."""
+    done = [p.radiometry for p in parts if p.radiometry is not None]
+    if not done:
+        return {}
+    applied = [r for r in done if r.applied]
+    out: dict[str, Any] = {
+        "method": applied[0].method if applied else done[0].method,
+        "target": "after",
+        "reference": "before",
+        "normalized_tiles": len(applied),
+        "tiles": len(done),
+    }
+    if applied:
+        gains = np.array([[float(v) for v in r.gain.split(",")] for r in applied])
+        offsets = np.array([[float(v) for v in r.offset.split(",")] for r in applied])
+        out["bands"] = applied[0].bands.split(",")
+        out["gain"] = [round(float(v), 4) for v in np.median(gains, axis=0)]
+        out["offset"] = [round(float(v), 4) for v in np.median(offsets, axis=0)]
+        out["stable_pixels"] = sum(r.stable_pixels for r in applied)
+    return {"eo_pipeline:radiometric_normalization": out}
 
 
 def domain_properties(parts: Sequence[TileProduct]) -> dict[str, Any]:
@@ -570,13 +671,14 @@ def _tile_product(
     ref: CompositeRef,
     period: str | None,
     domain: TileDomain | None = None,
+    radiometry: TileRadiometry | None = None,
 ) -> TileProduct:
     label = {"change": "after", "footprint": period}.get(kind) or ref.periods[-1]
     r, g, b = (ref.bands.index(band) + 1 for band in _RGB)
     backdrop = Backdrop(str(ref.tif(label)), window_in(ref.grid, tile.core_grid), (r, g, b))
     # interned: the tiles of one AOI share their scenes' ids instead of a copy per tile
     scene_ids = tuple(sys.intern(s) for s in ref.scene_ids)
-    return TileProduct(str(path), tile, bands, method, scene_ids, backdrop, domain)
+    return TileProduct(str(path), tile, bands, method, scene_ids, backdrop, domain, radiometry)
 
 
 def _tile_path(
@@ -601,6 +703,7 @@ def _tile_path(
             "threshold": threshold,
             "period": period,
             "adapt": adapt if kind == "change" else None,
+            "radiometry": RADNORM_METHOD if kind == "change" else None,
             "grid": [tile.grid.epsg, tile.grid.resolution, list(tile.grid.bounds)],
             "outer": astuple(tile.outer),
         },
@@ -617,6 +720,7 @@ def _write_tile(
     *,
     method: str,
     domain: TileDomain | None = None,
+    radiometry: TileRadiometry | None = None,
 ) -> None:
     """Write `bands` on `grid` as a float32 GeoTIFF, atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -628,7 +732,11 @@ def _write_tile(
             for i, (name, values) in enumerate(bands.items(), start=1):
                 dst.write(values.astype(np.float32, copy=False), i)
                 dst.set_band_description(i, name)
-            dst.update_tags(method=method, **(domain.tags() if domain else {}))
+            dst.update_tags(
+                method=method,
+                **(domain.tags() if domain else {}),
+                **(radiometry.tags() if radiometry else {}),
+            )
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -678,8 +786,18 @@ def make_tile_product(
     )
     done = _read_tile_header(path, tile.core_grid)
     if done is not None:  # a rerun of the same inputs: the keyed file is complete, reuse it
-        names, method, domain = done
-        return _tile_product(kind, path, tile, names, method, ref, period, domain)
+        names, method, tags = done
+        return _tile_product(
+            kind,
+            path,
+            tile,
+            names,
+            method,
+            ref,
+            period,
+            TileDomain.from_attrs(tags),
+            TileRadiometry.from_attrs(tags),
+        )
     ds = product_dataset(
         kind,
         ref,
@@ -693,14 +811,15 @@ def make_tile_product(
     bands = {str(k): crop_core(np.asarray(ds[k].values, dtype=np.float32), tile) for k in ds}
     method = str(ds.attrs["method"])
     domain = TileDomain.from_attrs(ds.attrs)
-    _write_tile(path, bands, tile.core_grid, method=method, domain=domain)
-    return _tile_product(kind, path, tile, tuple(bands), method, ref, period, domain)
+    radiometry = TileRadiometry.from_attrs(ds.attrs)
+    _write_tile(path, bands, tile.core_grid, method=method, domain=domain, radiometry=radiometry)
+    return _tile_product(kind, path, tile, tuple(bands), method, ref, period, domain, radiometry)
 
 
 def _read_tile_header(
     path: Path, grid: GridSpec
-) -> tuple[tuple[str, ...], str, TileDomain | None] | None:
-    """(band names, method, domain) of a complete tile file on `grid`, or None (absent or not
+) -> tuple[tuple[str, ...], str, dict[str, str]] | None:
+    """(band names, method, tags) of a complete tile file on `grid`, or None (absent or not
     ours).
 
     Tile files are written atomically (temporary name, then rename), so one that exists with
@@ -715,7 +834,7 @@ def _read_tile_header(
             names = tuple(str(d) for d in src.descriptions)
             if method is None or (src.height, src.width) != grid.shape or None in src.descriptions:
                 return None
-            return names, method, TileDomain.from_attrs(tags)
+            return names, method, tags
     except rasterio.errors.RasterioIOError:
         return None
 
@@ -932,7 +1051,7 @@ def publish_tiles(
             "tiles": len(parts),
         }
     scene_ids = list(dict.fromkeys(s for p in parts for s in p.scene_ids))
-    domain = domain_properties(parts)
+    properties = {**domain_properties(parts), **radiometry_properties(parts)}
     look = _Quicklook(grid)
     with local_workdir() as work:
         raster = write_raster(
@@ -952,7 +1071,7 @@ def publish_tiles(
             start=start,
             end=end,
             output_url=output_url,
-            properties=domain,
+            properties=properties,
         )
     lonlat = reproject_geometry(box(*grid.bounds), grid.epsg, 4326).bounds
     return ProductSummary(
@@ -966,7 +1085,7 @@ def publish_tiles(
         geojson=json.loads(gdf.to_crs(4326).to_json())
         if len(gdf)
         else {"type": "FeatureCollection", "features": []},
-        domain=dict(domain.get("eo_pipeline:domain", {})),
+        domain=dict(properties.get("eo_pipeline:domain", {})),
     )
 
 

@@ -196,9 +196,9 @@ def world_from_archive(
 ) -> WorldData:
     """Build (or read from the cache) the `WorldData` of the synthetic archive at `root`.
 
-    `footprint_year`: the year of the 10 m footprint composite (default: the last year with
-    Sentinel-2 scenes). Composites are cached by `tasks.ard.composites_for` under `cache_dir`,
-    the arrays in ``<cache_dir>/training``.
+    `footprint_year`: the year of the 10 m footprint composite (default: the last year with a
+    clear Sentinel-2 composite). Composites are cached by `tasks.ard.composites_for` under
+    `cache_dir`, the arrays in ``<cache_dir>/training``.
     """
     cache_dir = Path(cache_dir or get_settings().cache_dir)
     options = options or ArdOptions()
@@ -207,7 +207,12 @@ def world_from_archive(
     if footprint_year is None:
         if config.sentinel2_years is None:
             raise InputError("the world has no Sentinel-2 years; give footprint_year.")
-        footprint_year = config.sentinel2_years[1]
+        # the last Sentinel-2 year with a clear composite (a world of one cloudy scene a
+        # year may have none in its last year)
+        first, last = config.sentinel2_years
+        candidates = list(range(last, first - 1, -1))
+    else:
+        candidates = [footprint_year]
     key = hashlib.sha256(
         json.dumps(
             [_CACHE_VERSION, config_hash(config), footprint_year, repr(options)], default=str
@@ -223,11 +228,12 @@ def world_from_archive(
                 annual=z["annual"],
                 built30=z["built30"],
                 landcover30=z["landcover30"],
-                footprint_year=footprint_year,
+                # caches written before the year was stored used the first candidate
+                footprint_year=int(z["footprint_year"]) if "footprint_year" in z else candidates[0],
                 recent=z["recent"],
                 built10=z["built10"],
             )
-    data = _build(root, truth, footprint_year, cache_dir, options)
+    data = _build(root, truth, candidates, cache_dir, options)
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_savez(
         path,
@@ -238,13 +244,14 @@ def world_from_archive(
             "landcover30": data.landcover30,
             "recent": data.recent,
             "built10": data.built10,
+            "footprint_year": np.asarray(data.footprint_year),
         },
     )
     return data
 
 
 def _build(
-    root: Path, truth: Truth, footprint_year: int, cache_dir: Path, options: ArdOptions
+    root: Path, truth: Truth, footprint_years: Sequence[int], cache_dir: Path, options: ArdOptions
 ) -> WorldData:
     scenes = scene_refs(archive_items(root))
     grid30 = coarse_grid(truth.grid)
@@ -262,19 +269,16 @@ def _build(
     built30 = block_share(landcover == 6)  # LandCover.BUILTUP
     landcover30 = _block_mode(landcover)
 
-    s2 = [s for s in scenes if s.sensor == "sentinel-2" and s.datetime.year == footprint_year]
-    if not s2:
+    recent = None
+    for footprint_year in footprint_years:
+        recent = _recent_composite(truth, scenes, footprint_year, cache_dir, options, state)
+        if recent is not None:
+            break
+    if recent is None:
         raise InputError(
-            f"the world has no Sentinel-2 scene in {footprint_year}; choose a Sentinel-2 year."
+            f"the world has no clear Sentinel-2 composite in {sorted(footprint_years)}; "
+            "choose a Sentinel-2 year with clear scenes."
         )
-    period: dict[str, Any] = {
-        str(footprint_year): (f"{footprint_year}-01-01", f"{footprint_year}-12-31")
-    }
-    log.info("world %d: %d m composite of %d Sentinel-2 scenes", truth.config.seed, 10, len(s2))
-    ref10 = composites_for(
-        s2, truth.grid, period, options=options, cache_dir=cache_dir, state_url=state
-    )
-    refl10, _ = read_composite(ref10, str(footprint_year))
     return WorldData(
         seed=truth.config.seed,
         years=years,
@@ -282,9 +286,35 @@ def _build(
         built30=built30,
         landcover30=landcover30,
         footprint_year=footprint_year,
-        recent=refl10.sel(band=list(BANDS)).values.astype(np.float32),
+        recent=recent,
         built10=truth.builtup(footprint_year),
     )
+
+
+def _recent_composite(
+    truth: Truth,
+    scenes: Sequence[SceneRef],
+    year: int,
+    cache_dir: Path,
+    options: ArdOptions,
+    state: str,
+) -> np.ndarray | None:
+    """The 10 m Sentinel-2 composite ``(band, y, x)`` of `year`, or None where every scene of
+    the year is too cloudy (or there is none)."""
+    s2 = [s for s in scenes if s.sensor == "sentinel-2" and s.datetime.year == year]
+    if not s2:
+        return None
+    period: dict[str, Any] = {str(year): (f"{year}-01-01", f"{year}-12-31")}
+    log.info("world %d: %d m composite of %d Sentinel-2 scenes", truth.config.seed, 10, len(s2))
+    try:
+        ref10 = composites_for(
+            s2, truth.grid, period, options=options, cache_dir=cache_dir, state_url=state
+        )
+    except InputError as err:
+        log.warning("world %d: no %d footprint composite (%s)", truth.config.seed, year, err)
+        return None
+    refl10, _ = read_composite(ref10, str(year))
+    return np.asarray(refl10.sel(band=list(BANDS)).values, dtype=np.float32)
 
 
 def ensure_world(

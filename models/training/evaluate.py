@@ -4,8 +4,10 @@ The models run through the production inference engine (`tasks.infer`, weights f
 registry with their sha256 checked), the baselines through `models.baselines`, both on the same
 composites. Scores (all on the whole world, which no training run has seen):
 
-- change: `predict_change` (P >= 0.5) vs `change_vector_analysis` (Otsu threshold):
-  F1, precision, recall, ECE;
+- change: the model vs `change_vector_analysis` (Otsu threshold), both as the change products
+  make them (`tasks.products.compare_composites`: the after composite radiometrically
+  normalised onto the before one; the model adapted where the flow would adapt it): F1,
+  precision, recall, ECE, and how many pairs were adapted;
 - footprint: `predict_footprint` (P >= 0.5) vs `builtup_rule` (NDBI rule): IoU, F1,
   precision, recall, ECE;
 - dynamics: `predict_dynamics` urbanization year vs `breakpoint_year`: share within ±1 year,
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from models.baselines import breakpoint_year, builtup_rule, change_vector_analysis
+from models.baselines import breakpoint_year, builtup_rule
 from models.calibration import expected_calibration_error
 from models.registry import load_model
 from models.training.data import BANDS, WorldData
@@ -37,11 +39,11 @@ from models.training.recipes import MODEL_NAMES, first_built_year
 from tasks.adapt import domain_score
 from tasks.infer import (
     model_inputs,
-    predict_change,
     predict_dynamics,
     predict_footprint,
     resolve_device,
 )
+from tasks.products import compare_composites
 
 __all__ = ["BARS", "EVAL_PAIRS", "Evaluation", "evaluate_world"]
 
@@ -104,27 +106,32 @@ def evaluate_world(
     ev = Evaluation(seed=world.seed)
 
     # change ----------------------------------------------------------------------------
-    net, spec = load_model(names["change"], device=dev, extra_dir=weights_dir)
+    _, spec = load_model(names["change"], device=dev, extra_dir=weights_dir)
     ev.models["change"] = f"{spec.name} ({spec.sha256})"
-    probs, preds_b, labels, valids = [], [], [], []
+    probs, preds_b, labels = [], [], []
     scores: list[float] = []  # domain score of each pair (tasks.adapt)
+    adapted = 0
     for a, b in pairs:
         before = _da(world.annual[world.year_index(a)])
         after = _da(world.annual[world.year_index(b)])
-        ds = predict_change(net, spec, before, after, device=dev)
-        base = change_vector_analysis(before, after)
+        # as the change products make it: normalised, and adapted where the flow would
+        ds = compare_composites(
+            before, after, model=spec.name, device=device, weights_dir=weights_dir
+        )
+        base = compare_composites(before, after)
         valid = ds["valid"].values & base["valid"].values
         probs.append(ds["probability"].values[valid])
-        preds_b.append(base["change"].values[valid])
+        preds_b.append(base["probability"].values[valid] >= 0.5)
         labels.append(world.change_label(a, b)[valid])
-        valids.append(valid)
-        scores.append(domain_score(spec, *model_inputs(spec, before, after)).value)
+        scores.append(float(ds.attrs["domain_score"]))
+        adapted += int(ds.attrs["adapted"])
     p, y, pb = np.concatenate(probs), np.concatenate(labels), np.concatenate(preds_b)
     dl, bl = binary_scores(p >= 0.5, y), binary_scores(pb, y)
     for m in ("f1", "precision", "recall"):
         ev.rows.append(("change", m, dl[m], bl[m]))
     ev.rows.append(("change", "ece", expected_calibration_error(p, y), float("nan")))
     ev.rows.append(("change", "domain_score", max(scores), float("nan")))
+    ev.rows.append(("change", "adapted_pairs", float(adapted), float("nan")))
 
     # footprint ---------------------------------------------------------------------------
     net, spec = load_model(names["footprint"], device=dev, extra_dir=weights_dir)

@@ -58,6 +58,7 @@ __all__ = [
     "default_settings",
     "first_built_year",
     "normalize",
+    "radiometric_augmentation",
     "train_model",
 ]
 
@@ -89,6 +90,31 @@ CHANGE_BEFORE_YEARS: tuple[int, int] = (1985, 2015)
 CHANGE_AFTER_YEARS: tuple[int, int] = (2016, 2026)
 
 
+#: Radiometric augmentation of the change pairs (std of a per-band gain common to both dates,
+#: of a per-band offset common to both, and of a per-band gain of the after date alone): a
+#: real pair differs from the synthetic sensor by another calibration and atmosphere (the
+#: common part; the Nanjing TM pair's bands lie 0.3-2.6 training std off) and its two dates
+#: by what `tasks.radnorm` leaves after matching them (the relative part, a few %).
+RADIOMETRIC_JITTER: tuple[float, float, float] = (0.15, 0.02, 0.03)
+
+
+def radiometric_augmentation(
+    before: np.ndarray,
+    after: np.ndarray,
+    jitter: tuple[float, float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`before`, `after` ``(band, ...)`` reflectance seen through another sensor and
+    atmosphere: ``x * g + o`` on both, with ``g = exp(N(0, gain std))`` and ``o = N(0, offset
+    std)`` per band, the after date's gain times ``exp(N(0, relative std))`` more."""
+    gain_sd, offset_sd, rel_sd = jitter
+    shape = (before.shape[0],) + (1,) * (before.ndim - 1)
+    gain = np.exp(rng.normal(0.0, gain_sd, shape)).astype(np.float32)
+    offset = rng.normal(0.0, offset_sd, shape).astype(np.float32)
+    rel = np.exp(rng.normal(0.0, rel_sd, shape)).astype(np.float32)
+    return before * gain + offset, after * (gain * rel) + offset
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """What to train and how. `patch`: side of training patches (pixels); `steps`: batches
@@ -99,7 +125,8 @@ class TrainSettings:
     `urbanizing_boost` (how much more often pixels that urbanize within the period are drawn)
     `year_dropout` (share of observed years hidden per sample, robustness to gaps) and
     `year_nll_weight` (weight of `year_nll`, the likelihood of the year of urbanization, added
-    to the per-year `survival_bce`)."""
+    to the per-year `survival_bce`). Change only: `radiometric_jitter` (gain std, offset std,
+    relative gain std; None: off): `radiometric_augmentation` of each training pair."""
 
     kind: Kind
     epochs: int = 30
@@ -118,6 +145,7 @@ class TrainSettings:
     urbanizing_boost: float = 4.0
     year_dropout: float = 0.1
     year_nll_weight: float = 0.0
+    radiometric_jitter: tuple[float, float, float] | None = None
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -140,6 +168,7 @@ def default_settings(kind: Kind, **overrides: Any) -> TrainSettings:
             "epochs": 120,
             "patience": 15,
             "change_years": (CHANGE_BEFORE_YEARS, CHANGE_AFTER_YEARS),
+            "radiometric_jitter": RADIOMETRIC_JITTER,
             "model_kwargs": {"base_width": 16, "depth": 3, "dropout": 0.1},
         },
         "footprint": {
@@ -398,7 +427,11 @@ class _ChangeProblem(Problem):
                 sorted((w.year_index(a), w.year_index(b)) for a, b in pairs if a < b),
                 dtype=np.int64,
             ).reshape(-1, 2)
-            x, observed = normalize(_channels(w.annual, 1), self.mean, self.std, 1)
+            if settings.radiometric_jitter is None:
+                x, observed = normalize(_channels(w.annual, 1), self.mean, self.std, 1)
+            else:  # raw reflectance: the channels are made per patch, after the jitter
+                x = np.asarray(w.annual, dtype=np.float32)
+                observed = np.isfinite(x).all(axis=1)
             train = self.splits[w.seed].mask(observed.shape, "train") & w.label_mask30()
             counts = np.array(
                 [np.count_nonzero(observed[i] & observed[j] & train) for i, j in idx], dtype=float
@@ -423,7 +456,12 @@ class _ChangeProblem(Problem):
                 (win,) = sample_windows(self.splits[w.seed].train, x.shape[-2:], s.patch, 1, rng)
                 label = w.landcover30[ia][win] != w.landcover30[ib][win]
                 mask = w.label_mask30()[win] & observed[ia][win] & observed[ib][win]
-                arrays = (_crop(x[ia], win), _crop(x[ib], win), label, mask)
+                xa, xb = _crop(x[ia], win), _crop(x[ib], win)
+                if s.radiometric_jitter is not None:
+                    xa, xb = radiometric_augmentation(xa, xb, s.radiometric_jitter, rng)
+                    xa = normalize(_channels(xa, 0), self.mean, self.std, 0)[0]
+                    xb = normalize(_channels(xb, 0), self.mean, self.std, 0)[0]
+                arrays = (xa, xb, label, mask)
                 parts.append(random_dihedral(arrays, rng))
             yield self._stack(parts)
 
@@ -715,6 +753,12 @@ def _sampling_note(settings: TrainSettings) -> str:
                 f"; training pairs: those and random (before {b0}-{b1}, after {a0}-{a1}) "
                 "pairs, drawn in proportion to the pixels observed on both dates"
             )
+        if settings.radiometric_jitter is not None:
+            g, o, r = settings.radiometric_jitter
+            pairs += (
+                f"; radiometric jitter per band: gain exp(N(0, {g:g})) and offset N(0, {o:g}) "
+                f"common to both dates, after-date gain exp(N(0, {r:g}))"
+            )
     return (
         f"batches of {settings.batch_size} patches of {settings.patch} px{pairs}, "
         "D4 flips/rotations"
@@ -754,9 +798,11 @@ def train_model(
     out_dir: Path,
     name: str | None = None,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    world: str = "demo",
 ) -> TrainOutcome:
     """Train one model of ``settings.kind`` on `worlds`, calibrate it on their validation
-    areas, and write ``<name>.pt`` + ``<name>.json`` to `out_dir` (`save_weights`)."""
+    areas, and write ``<name>.pt`` + ``<name>.json`` to `out_dir` (`save_weights`). `world`:
+    the configuration the worlds' seeds apply to, recorded in the spec."""
     logger = logger or log
     if not worlds:
         raise InputError("worlds: give at least one training world.")
@@ -816,6 +862,7 @@ def train_model(
         training_data=TrainingData(
             source="synthetic",
             world_seeds=tuple(w.seed for w in worlds),
+            world=world,
             years=years,
             notes=(
                 f"validation: a {settings.val_fraction:.0%} band along one edge of every world "

@@ -15,7 +15,7 @@ from datetime import date, datetime
 import numpy as np
 
 from tasks.aoi import GridSpec
-from tasks.synthetic.bands import INSTRUMENTS, Instrument
+from tasks.synthetic.bands import INSTRUMENTS, Instrument, reflectance_assets
 from tasks.synthetic.config import ArchiveConfig, Platform
 from tasks.synthetic.geometry import (
     SwathFrame,
@@ -40,7 +40,7 @@ from tasks.synthetic.orbits import (
 )
 from tasks.synthetic.world import main_epsg
 
-__all__ = ["COLLECTIONS", "Acquisition", "ItemSpec", "plan_archive"]
+__all__ = ["COLLECTIONS", "Acquisition", "ItemSpec", "plan_archive", "radiometry"]
 
 #: Earth Search v1 collection ids per platform family.
 COLLECTIONS = {"sentinel-2": "sentinel-2-l2a", "landsat": "landsat-c2-l2"}
@@ -77,7 +77,10 @@ class Acquisition:
     cloud fraction over the AOI; `cloud_height_m`: cloud-top height that sets the shadow
     offset; `cirrus_cover`: thin-cirrus fraction (0: none); `cloud_brightness`: scale of the
     cloud spectrum; `soil_wetness`: scale of soil reflectance; `slc_phase_lines`: where the
-    Landsat 7 SLC-off stripes fall; `swath`: the footprint of the pass.
+    Landsat 7 SLC-off stripes fall; `swath`: the footprint of the pass. Radiometry after
+    atmospheric correction (`radiometry`): `gain` and `offset` per reflectance asset (in
+    `reflectance_assets(platform)` order; calibration drift and the BRDF-like sun-zenith
+    effect), `haze`: residual aerosol path reflectance at 450 nm.
     """
 
     platform: Platform
@@ -94,6 +97,9 @@ class Acquisition:
     slc_phase_lines: float
     swath: SwathFrame
     items: tuple[ItemSpec, ...]
+    gain: tuple[float, ...] = ()
+    offset: tuple[float, ...] = ()
+    haze: float = 0.0
 
     @property
     def key(self) -> str:
@@ -180,6 +186,40 @@ def _covers(swath: SwathFrame, grid: GridSpec, main: int) -> bool:
     return bool(swath.inside(bx, by).any())
 
 
+def _illumination_weight(center_um: float) -> float:
+    """Relative weight of the sun-zenith (BRDF-like) gain of a band: reflectance anisotropy is
+    strongest in the visible and the SWIR, where shadowing inside the canopy shows (Roy et al.
+    2016, Remote Sens. Environ. 176, c-factor coefficients), weaker in the NIR."""
+    return 0.5 if 0.7 < center_um < 1.0 else 1.0
+
+
+def radiometry(
+    config: ArchiveConfig, platform: Platform, key: str, sun_elevation: float
+) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+    """(gain, offset) per reflectance asset and the haze of one acquisition (`key`): the
+    platform's calibration error (one draw per platform and band) times the date's, times the
+    BRDF-like factor ``1 + illumination * w_band * (zenith - 45) / 45``; offsets of a tenth of
+    the drift; haze exponentially distributed with mean `config.haze`. Own random streams, so
+    a configuration without these effects draws exactly what it drew before they existed."""
+    assets = reflectance_assets(platform)
+    drift = config.calibration_drift
+    sensor = rng_for(config, "calibration", platform).normal(0.0, drift, (2, len(assets)))
+    date_ = rng_for(config, "radiometry", key)
+    scene = date_.normal(0.0, drift, (2, len(assets)))
+    haze = float(date_.exponential(config.haze)) if config.haze > 0 else 0.0
+    zenith = (90.0 - sun_elevation - 45.0) / 45.0
+    gain = tuple(
+        float(
+            (1.0 + sensor[0, i])
+            * (1.0 + scene[0, i])
+            * (1.0 + config.illumination * _illumination_weight(a.center_um) * zenith)
+        )
+        for i, a in enumerate(assets)
+    )
+    offset = tuple(float(0.1 * (sensor[1, i] + scene[1, i])) for i in range(len(assets)))
+    return gain, offset, haze
+
+
 def _acquisition(
     config: ArchiveConfig, platform: Platform, track: Track, day: date, epsg: int
 ) -> Acquisition | None:
@@ -201,6 +241,9 @@ def _acquisition(
     items = _item_specs(config, platform, track, day, swath, epsg)
     if not items:
         return None
+    gain, offset, haze = radiometry(
+        config, platform, f"{platform}_{track.code}_{day:%Y%m%d}", elevation
+    )
     return Acquisition(
         platform=platform,
         track=track,
@@ -216,6 +259,9 @@ def _acquisition(
         slc_phase_lines=float(rng.uniform(0, 32)),
         swath=swath,
         items=items,
+        gain=gain,
+        offset=offset,
+        haze=haze,
     )
 
 

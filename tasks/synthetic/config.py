@@ -84,6 +84,27 @@ class ArchiveConfig(BaseModel):
         default=(6.0, -4.5),
         description="Systematic Landsat-vs-Sentinel-2 offset (dx east, dy north) in metres.",
     )
+    calibration_drift: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.2,
+        description="Relative std of per-band gain errors: one draw per platform (sensor "
+        "calibration) and one per acquisition (date); offsets of a tenth of it in reflectance.",
+    )
+    haze: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.1,
+        description="Mean residual aerosol path reflectance at 450 nm after atmospheric "
+        "correction (per acquisition, exponentially distributed), with its adjacency blur.",
+    )
+    illumination: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        description="Strength of the BRDF-like dependence of reflectance on the sun zenith "
+        "angle: relative gain per unit of (zenith - 45 deg) / 45 deg.",
+    )
 
     @model_validator(mode="after")
     def _check_ranges(self) -> ArchiveConfig:

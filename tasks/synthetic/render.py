@@ -35,6 +35,15 @@ __all__ = ["RenderedGrid", "RenderedItem", "render_acquisition"]
 #: own area integration this gives an MTF of ~0.3 at Nyquist, typical of MSI and OLI
 #: (Sentinel-2 Data Quality Reports; Storey et al. 2014, Remote Sens. 6).
 _PSF_SIGMA_PX = 0.4
+#: Adjacency effect: scattered light from the surroundings, a Gaussian environment function
+#: of this width (m; order of the aerosol layer height's footprint, kept inside the world
+#: margin so the Fourier wrap-around stays out of the AOI), with a share of the ground signal
+#: that grows with the residual aerosol path reflectance (`_ADJACENCY_PER_HAZE`, capped).
+_ADJACENCY_SIGMA_M = 250.0
+_ADJACENCY_PER_HAZE = 4.0
+_ADJACENCY_MAX = 0.3
+#: Angstrom exponent of the residual path reflectance: haze is bluer than the surface.
+_HAZE_ANGSTROM = 1.3
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,11 @@ def _diffuse_fraction(wavelength_um: float) -> float:
 def _cirrus_factor(wavelength_um: float) -> float:
     """Relative reflectance of thin ice cloud: flat in the VNIR, lower where ice absorbs."""
     return 1.0 if wavelength_um < 1.0 else (0.5 if wavelength_um < 2.0 else 0.3)
+
+
+def _haze_path(haze: float, wavelength_um: float) -> float:
+    """Residual aerosol path reflectance at `wavelength_um` given its value at 450 nm."""
+    return haze * (0.45 / wavelength_um) ** _HAZE_ANGSTROM
 
 
 def _block_mean(values: NDArray[np.float32], k: int) -> NDArray[np.float32]:
@@ -136,8 +150,25 @@ class _Renderer:
             * (fx * np.float32(shift_px[0]) + fy * np.float32(shift_px[1]))
         )
         bands = [i for i, a in enumerate(self.assets) if a.resolution == round(resolution)]
+        transfer = (blur * phase)[None]
+        if self.acq.haze > 0:
+            # Adjacency: a haze-dependent share of each band's signal comes from the
+            # surroundings; linear, so one more factor of the transfer function.
+            sigma_env = _ADJACENCY_SIGMA_M / self.world.layout.grid.resolution
+            env = np.exp(np.float32(-2.0 * np.pi**2 * sigma_env**2) * (fx**2 + fy**2))
+            wavelengths = [
+                RESPONSE[self.acq.platform][self.assets[i].asset][0] / 1e3 for i in bands
+            ]
+            share = np.array(
+                [
+                    min(_ADJACENCY_MAX, _ADJACENCY_PER_HAZE * _haze_path(self.acq.haze, w))
+                    for w in wavelengths
+                ],
+                dtype=np.float32,
+            )[:, None, None]
+            transfer = transfer * ((1.0 - share) + share * env[None])
         view = np.zeros_like(self.surface)
-        view[bands] = scipy.fft.irfft2(self._spectrum[bands] * (blur * phase), s=(rows, cols))
+        view[bands] = scipy.fft.irfft2(self._spectrum[bands] * transfer, s=(rows, cols))
         self._views[key] = view
         return view
 
@@ -201,6 +232,11 @@ class _Renderer:
                 + opacity * self.cloud[index]
                 + cirrus * _cirrus_factor(wavelength)
             )
+            if self.acq.gain:  # calibration, BRDF-like gain and residual haze
+                path = _haze_path(self.acq.haze, wavelength)
+                seen = seen * np.float32(self.acq.gain[index]) + np.float32(
+                    self.acq.offset[index] + path
+                )
             pixel = _block_mean(seen, k)
             reflectance[asset.asset] = np.where(valid, pixel, np.float32(np.nan))
         return RenderedGrid(

@@ -48,6 +48,7 @@ def test_train_flow_writes_weights_then_evaluate_flow_scores_them(
     spec = load_spec(out / f"{summary.name}.json")
     assert spec.sha256 == summary.sha256 == file_sha256(Path(summary.weights))
     assert spec.training_data.world_seeds == (TINY_SEED,)
+    assert spec.training_data.world == "tiny"
     assert summary.epochs_run >= 1 and "val_year_within_1" in summary.metrics
     assert (cache_dir / "worlds").is_dir() and (cache_dir / "training").is_dir()
 

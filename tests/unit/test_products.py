@@ -159,6 +159,8 @@ def test_products_out_of_domain_log_a_warning_and_tell_the_item(
         device="cpu", cache_dir=tmp_path / "cache",
     )  # fmt: skip
     assert again.domain == part.domain  # read back from the tile file's tags
+    assert part.radiometry is not None and part.radiometry.applied
+    assert again.radiometry == part.radiometry
     summary = publish_tiles(
         "change", [part], model=MODEL_NAMES["change"], start="2000-01-01", end="2001-12-31",
         output_url=str(tmp_path / "out"), adapt="never",
@@ -169,6 +171,10 @@ def test_products_out_of_domain_log_a_warning_and_tell_the_item(
     assert domain["adapted_tiles"] == 0 and domain["tiles"] == 1
     assert summary.domain == domain
     assert item["properties"]["eo_pipeline:parameters"]["adapt"] == "never"
+    radiometry = item["properties"]["eo_pipeline:radiometric_normalization"]
+    assert radiometry["normalized_tiles"] == radiometry["tiles"] == 1
+    assert radiometry["bands"] == list(BANDS) and len(radiometry["gain"]) == len(BANDS)
+    assert radiometry["method"].startswith("ISFA") and radiometry["stable_pixels"] > 0
 
 
 def test_thresholds_out_of_range_are_refused(pair: CompositeRef) -> None:

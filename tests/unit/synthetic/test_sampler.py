@@ -4,8 +4,10 @@ the training range of seeds kept out of evaluation."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from flows.evaluate import check_unseen
+from flows.train import TrainParams
 from tasks.errors import InputError
 from tasks.synthetic import DEMO_CONFIG
 from tasks.synthetic.sampler import EVAL_SEED_MIN, sample_config
@@ -24,10 +26,12 @@ def test_sample_config_draws_within_the_documented_ranges() -> None:
         assert 0.1 <= c.shift_sigma_px <= 0.6
         assert all(abs(v) <= 10.0 for v in c.landsat_offset_m)
         assert 0.02 <= c.builtup_start <= 0.08 and 0.15 <= c.builtup_end <= 0.40
+        assert 0.0 <= c.calibration_drift <= 0.06 and 0.0 <= c.haze <= 0.03
+        assert 0.0 <= c.illumination <= 0.15
         assert c.size_m == DEMO_CONFIG.size_m and c.end_year == DEMO_CONFIG.end_year
     # every season, revisit and cloud regime is drawn
-    assert {c.months for c in configs} == {(4, 10), (5, 9), (3, 6), (8, 11)}
-    assert {c.max_scenes_per_year for c in configs} == {2, 3, 5}
+    assert {c.months for c in configs} == {(4, 10), (5, 9), (3, 6), (8, 11), (1, 4)}
+    assert {c.max_scenes_per_year for c in configs} == {1, 2, 3, 5}
     assert {c.cloud_beta for c in configs} == {(0.35, 0.6), (0.45, 0.33), (0.6, 0.3)}
 
 
@@ -37,3 +41,9 @@ def test_sampled_worlds_of_the_training_range_are_refused_for_evaluation() -> No
     check_unseen([EVAL_SEED_MIN, EVAL_SEED_MIN + 1], world="sampled", weights_dir=None)
     with pytest.raises(InputError, match="negative"):
         sample_config(-1)
+
+
+def test_sampled_worlds_of_the_evaluation_range_are_refused_for_training() -> None:
+    with pytest.raises(ValidationError, match="evaluation range"):
+        TrainParams(kind="change", world="sampled", world_seeds=[3, EVAL_SEED_MIN])
+    assert TrainParams(kind="change", world="sampled", world_seeds=[3]).world == "sampled"
