@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -31,6 +31,9 @@ from flows.cli_aoi import aoi_app
 from flows.cli_run import run_app
 from tasks.errors import PipelineError
 from tasks.settings import get_settings
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 app = typer.Typer(
     help="eo-pipeline: Sentinel-2 / Landsat change, urban footprint and urban dynamics.",
@@ -51,6 +54,14 @@ console = Console()
 
 def _fail(err: Exception) -> None:
     console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(code=2)
+
+
+def _fail_invalid(err: ValidationError) -> None:
+    """A pydantic ValidationError as one line per field (its name, then what is wrong)."""
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "parameters"
+        console.print(f"[bold red]invalid {where}:[/] {e['msg'].removeprefix('Value error, ')}")
     raise typer.Exit(code=2)
 
 
@@ -130,7 +141,7 @@ def archive_create(
     try:
         config = ArchiveConfig.model_validate({**base.model_dump(), **overrides})
     except ValidationError as err:
-        _fail(ValueError(str(err)))
+        _fail_invalid(err)
         return
     root = root or get_settings().cache_dir / f"archive-{config_hash(config)}"
     t0 = time.perf_counter()
@@ -379,7 +390,7 @@ def train_cmd(
             }
         )
     except ValidationError as err:
-        _fail(ValueError(str(err)))
+        _fail_invalid(err)
         return
     try:
         summary = train(params)

@@ -45,6 +45,13 @@ def test_eo_evaluate_real_names_the_options_it_lacks(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "real-data folder" in result.output
 
 
+def test_eo_train_sampled_refuses_evaluation_seeds_in_one_line_per_field() -> None:
+    result = runner.invoke(app, ["train", "change", "--sampled", "--seeds", "3,1000"])
+    assert result.exit_code == 2
+    assert "evaluation range" in result.output and "Traceback" not in result.output
+    assert "pydantic" not in result.output and "validation error" not in result.output
+
+
 def test_eo_evaluate_sampled_refuses_training_seeds_before_any_world() -> None:
     result = runner.invoke(app, ["evaluate", "--sampled", "--seed", "1001,5"])
     assert result.exit_code == 2 and "seed 5: the sampler's training range" in result.output

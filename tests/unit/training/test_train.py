@@ -17,9 +17,11 @@ from models.training.data import BANDS, WorldData
 from models.training.loop import evaluate_loss, fit
 from models.training.recipes import (
     MODEL_NAMES,
+    RADIOMETRIC_JITTER,
     Kind,
     build_problem,
     default_settings,
+    radiometric_augmentation,
     train_model,
 )
 from tasks.infer import predict_footprint
@@ -66,7 +68,10 @@ def test_fit_lowers_the_loss_on_training_batches(kind: Kind, tiny_world: WorldDa
 def test_validation_area_is_never_sampled_for_training(
     tiny_world: WorldData, random_pairs: bool
 ) -> None:
-    settings = _tiny_settings("change", change_years=((2012, 2013), (2020, 2023)))
+    # the pixel-number markers below stand in for the inputs: no radiometric jitter
+    settings = _tiny_settings(
+        "change", change_years=((2012, 2013), (2020, 2023)), radiometric_jitter=None
+    )
     if not random_pairs:
         settings = dataclasses.replace(settings, change_years=None)
     problem = build_problem([tiny_world], settings)
@@ -130,3 +135,43 @@ def test_inference_path_never_imports_training_code() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
+
+
+def test_radiometric_augmentation_is_a_gain_and_offset_per_band() -> None:
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0.05, 0.4, (6, 8, 8)).astype(np.float32)
+    after = before.copy()
+    b2, a2 = radiometric_augmentation(before, after, (0.15, 0.02, 0.03), np.random.default_rng(1))
+    # per band: b2 = g b + o and a2 = g r b + o with one g, o, r per band
+    for k in range(6):
+        g, o = np.polyfit(before[k].ravel(), b2[k].ravel(), 1)
+        assert np.allclose(b2[k], g * before[k] + o, atol=1e-5) and 0.5 < g < 2.0
+        gr, o2 = np.polyfit(before[k].ravel(), a2[k].ravel(), 1)
+        assert abs(o2 - o) < 1e-4 and 0.8 < gr / g < 1.25
+    same = radiometric_augmentation(before, after, (0.0, 0.0, 0.0), np.random.default_rng(1))
+    np.testing.assert_array_equal(same[0], before)
+
+
+@pytest.mark.parametrize("kind", ["change", "footprint", "dynamics"])
+def test_radiometric_jitter_spreads_the_training_inputs(kind: Kind, tiny_world: WorldData) -> None:
+    """With the jitter, patch means of a channel vary more from patch to patch than the
+    landscape alone makes them vary; shapes and finiteness are those of the plain batches."""
+
+    def channel_means(settings) -> tuple[np.ndarray, tuple[int, ...]]:  # type: ignore[no-untyped-def]
+        problem = build_problem([tiny_world], settings)
+        means, shape = [], ()
+        for _ in range(6):
+            for batch in problem.train_batches(np.random.default_rng(len(means))):
+                x = batch.inputs[0].numpy()
+                assert np.isfinite(x).all()
+                shape = x.shape
+                # per patch (sequence) and channel: the mean over its pixels (and years)
+                per = np.moveaxis(x, 2 if kind == "dynamics" else 1, 1)
+                means.append(per.reshape(*per.shape[:2], -1).mean(axis=2))
+        return np.concatenate(means), shape
+
+    jittered, shape_j = channel_means(_tiny_settings(kind, radiometric_jitter=RADIOMETRIC_JITTER))
+    plain, shape_p = channel_means(_tiny_settings(kind))
+    assert shape_j == shape_p
+    ratio = jittered.std(axis=0) / plain.std(axis=0)  # per channel
+    assert ratio[: len(BANDS)].mean() > 1.15, ratio  # the bands; indices cancel some gain
