@@ -10,9 +10,9 @@ It is a moment-matching distance: 0 where the inputs look like the training worl
 1 where a channel sits one training standard deviation off (or its spread is e times wider or
 narrower). It cannot see a shift in the joint distribution that leaves every channel's
 moments in place; it is a warning light, not a guarantee. Measured (README, "Where the models
-hold"): change inputs 0.09-0.11 and footprint inputs 0.22 on unseen demo-configuration world
-101, up to 0.58 on worlds of other configurations (`tasks.synthetic.sampler`), change inputs
-1.61 on the real Nanjing Landsat 5 pair.
+hold"): change inputs 0.09-0.13 and footprint inputs 0.22 on unseen demo-configuration world
+101, 0.76-1.13 (change) on worlds of other configurations and radiometry
+(`tasks.synthetic.sampler`), change inputs 1.61 on the real Nanjing Landsat 5 pair.
 
 Above `DOMAIN_WARN_SCORE` a product is out of domain (a warning, and the Item says so).
 
