@@ -238,9 +238,9 @@ def compare_composites(
     attrs: the method's and the normalisation's. `weights_dir`: a folder searched for `model`
     before the registry's."""
     # one read of the two tiles for everything below
-    b = before.compute()
-    radiometry = relative_normalization(b, after.compute())
-    a = radiometry.apply(after.compute())
+    b, a = before.compute(), after.compute()
+    radiometry = relative_normalization(b, a)
+    a = radiometry.apply(a)
     if model == BASELINE:
         cva = change_vector_analysis(b, a)
         out = xr.Dataset(
