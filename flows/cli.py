@@ -8,6 +8,7 @@ eo train KIND [--seeds 1,2,3] [--output DIR]  train a model on synthetic worlds
 eo train KIND --labels FILE --label-years Y   ... or on your own labels (raster / GeoParquet)
 eo evaluate --seed N[,M]                      models vs baselines on unseen worlds
 eo evaluate-real --labels L --stac-url U ...  ... and on real labelled change pairs
+eo evaluate-real --north-carolina DIR         ... and the footprint on a real Landsat 7 scene
 eo aoi add|list|remove|watch                  watched AOIs and one poll of them (flows/cli_aoi.py)
 eo serve [--name PATTERN] [--dry-run]         serve deployments/prefect.yaml (flows/serve.py)
 """
@@ -428,11 +429,23 @@ def evaluate_real_cmd(
             "(instead of --labels/--stac-url/--before/--after)."
         ),
     ] = None,
+    north_carolina: Annotated[
+        Path | None,
+        typer.Option(
+            help="The real-data folder holding the North Carolina Landsat 7 scene: score the "
+            "footprint model (adapted as the flow would) and the NDBI rule on its labels."
+        ),
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="Where the products go.")] = None,
 ) -> None:
     """Change detection on a real labelled pair through the change-detection flow: the
-    model (default parameters) next to the CVA baseline, scored on the labels."""
+    model (default parameters) next to the CVA baseline, scored on the labels; or, with
+    --north-carolina, the footprint model on a real labelled scene."""
     import tempfile
+
+    if north_carolina is not None:
+        _footprint_case(north_carolina)
+        return
 
     from flows.cli_run import _range
     from flows.evaluate import evaluate_real_change
@@ -491,6 +504,26 @@ def evaluate_real_cmd(
             f"{d['channel']}); adapted on {d['adapted_tiles']} of {d['tiles']} tile(s)"
         )
     console.print(f"products: {out}")
+
+
+def _footprint_case(realdata: Path) -> None:
+    """`eo evaluate-real --north-carolina`: the sparse labels, then the dense map."""
+    from models.training.evaluate import evaluate_real_footprint
+    from models.training.realdata import north_carolina_scene
+
+    for dense in (False, True):
+        try:
+            scene = north_carolina_scene(realdata, dense=dense)
+            ev = evaluate_real_footprint(scene)
+        except PipelineError as err:
+            _fail(err)
+            return
+        table = Table(title=f"{scene.name}: footprint, DL vs NDBI rule ({scene.note})")
+        for col in ("metric", "DL", "baseline"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for _, metric, dl, base in ev.rows:
+            table.add_row(metric, f"{dl:.3f}", "" if base != base else f"{base:.3f}")
+        console.print(table)
 
 
 @app.command("evaluate")

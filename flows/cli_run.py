@@ -77,19 +77,22 @@ def _common(
     return values
 
 
+Adapt = Annotated[
+    str,
+    typer.Option(
+        help="Fine-tune the model on the AOI: auto (where its inputs are far from the "
+        "training data), always or never."
+    ),
+]
+
+
 @run_app.command("change-detection")
 def run_change(
     aoi: Aoi,
     before: Annotated[str, typer.Option(help="START/END of the reference period.")],
     after: Annotated[str, typer.Option(help="START/END of the compared period.")],
     threshold: Annotated[float, typer.Option(help="Change probability.")] = 0.5,
-    adapt: Annotated[
-        str,
-        typer.Option(
-            help="Fine-tune the model on the AOI: auto (where its inputs are far from the "
-            "training data), always or never."
-        ),
-    ] = "auto",
+    adapt: Adapt = "auto",
     collections: Annotated[
         str | None,
         typer.Option(help="STAC collections, comma-separated (default both Landsat and S2)."),
@@ -127,6 +130,7 @@ def run_change(
 def run_footprint(
     aoi: Aoi,
     year: Annotated[int, typer.Option(help="Calendar year.")],
+    adapt: Adapt = "auto",
     model: Model = None,
     output: Output = None,
     stac_url: Stac = None,
@@ -138,7 +142,9 @@ def run_footprint(
 
     _execute(
         "urban-footprint",
-        lambda: UrbanFootprintParams(**_common(aoi, model, output, stac_url, epsg), year=year),
+        lambda: UrbanFootprintParams.model_validate(
+            {**_common(aoi, model, output, stac_url, epsg), "year": year, "adapt": adapt}
+        ),
         urban_footprint,
     )
 

@@ -110,7 +110,7 @@ def evaluate_task(root: str, params: EvaluateParams) -> EvaluateResult:
         pairs=pairs,  # type: ignore[arg-type]
         device=params.device,
     )
-    return EvaluateResult(seed=ev.seed, rows=ev.rows, models=ev.models, markdown=ev.markdown())
+    return EvaluateResult(seed=params.seed, rows=ev.rows, models=ev.models, markdown=ev.markdown())
 
 
 @flow(name="evaluate", log_prints=True)

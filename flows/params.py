@@ -243,6 +243,16 @@ class DateRange(RangeExplained):
         return (self.start.isoformat(), self.end.isoformat())
 
 
+#: Run-time adaptation of the change and footprint models (`tasks.adapt`).
+AdaptField = Annotated[
+    Literal["auto", "always", "never"],
+    Field(
+        description="Fine-tune the model on the AOI before mapping it: 'auto' where its "
+        "inputs are far from the training data (domain score), 'always', or 'never'."
+    ),
+]
+
+
 class _FlowParams(RangeExplained):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -310,11 +320,7 @@ class ChangeDetectionParams(_FlowParams):
     threshold: float = Field(
         default=0.5, gt=0, lt=1, description="Probability above which a pixel is 'changed'."
     )
-    adapt: Literal["auto", "always", "never"] = Field(
-        default="auto",
-        description="Fine-tune the change model on the AOI before mapping it: 'auto' where "
-        "its inputs are far from the training data (domain score), 'always', or 'never'.",
-    )
+    adapt: AdaptField = "auto"
 
     @field_validator("model")
     @classmethod
@@ -343,6 +349,7 @@ class UrbanFootprintParams(_FlowParams):
         description="Weights name from the registry, or 'baseline' (built-up index rule).",
     )
     threshold: float = Field(default=0.5, gt=0, lt=1, description="Built-up probability threshold.")
+    adapt: AdaptField = "auto"
 
     @field_validator("model")
     @classmethod

@@ -86,7 +86,7 @@ def _domain_line(domain: dict[str, Any]) -> str:
     if not domain:
         return ""
     verdict = "**out of domain**" if domain["out_of_domain"] else "within the training range"
-    adapted = f"; change model adapted on {domain['adapted_tiles']} of {domain['tiles']} tile(s)"
+    adapted = f"; model adapted on {domain['adapted_tiles']} of {domain['tiles']} tile(s)"
     return (
         f"- domain score {domain['score']:.2f} (threshold {domain['threshold']:.2f}, worst "
         f"channel {domain['channel']}): {verdict}{adapted if domain['adapted_tiles'] else ''}\n"
@@ -213,6 +213,7 @@ def urban_footprint(params: UrbanFootprintParams) -> ProductSummary:
         start=start,
         end=end,
         output_url=params.output_url,
+        adapt=params.adapt,
     )
     _report(summary)
     return summary

@@ -24,9 +24,9 @@ publishes one product. `make_product` is the one-tile case.
 **Domain score and adaptation** (`tasks.adapt`). A model product records how far its inputs
 are from the training distribution (``domain_score`` and ``domain_channel`` attrs, the tile
 file's tags, the Item's ``eo_pipeline:domain``: the worst tile) and logs a warning above
-`tasks.adapt.DOMAIN_WARN_SCORE`; above `tasks.adapt.DOMAIN_ADAPT_SCORE` the change model is
-fine-tuned on the tile itself
-before it maps it (``adapt="auto"``; ``"always"``, ``"never"``): attr ``adapted`` 1.
+`tasks.adapt.DOMAIN_WARN_SCORE`; above `tasks.adapt.DOMAIN_ADAPT_SCORE` the change and the
+footprint models are fine-tuned on the tile itself before they map it (``adapt="auto"``;
+``"always"``, ``"never"``): attr ``adapted`` 1.
 
 **Radiometric normalisation** (`tasks.radnorm`). Before a change map compares two
 composites, model or baseline, the after composite is mapped onto the before one's
@@ -82,6 +82,8 @@ from tasks.adapt import (
     change_seeds,
     domain_score,
     fine_tune_change,
+    fine_tune_footprint,
+    footprint_seeds,
     should_adapt,
 )
 from tasks.aoi import GridSpec, reproject_geometry
@@ -143,6 +145,7 @@ __all__ = [
     "make_product",
     "make_tile_product",
     "model_change",
+    "model_footprint",
     "pin_reference_task",
     "product_dataset",
     "product_task",
@@ -155,6 +158,10 @@ __all__ = [
 BASELINE = "baseline"
 
 log = logging.getLogger(__name__)
+
+#: Products whose model can be adapted at run time (`tasks.adapt`): their `adapt` mode keys
+#: the tile cache and is recorded in the Item's processing parameters.
+ADAPTIVE_KINDS = frozenset({"change", "footprint"})
 
 #: Pixel stride of the dynamics domain score (decades of composites: a sample is enough).
 DOMAIN_STRIDE_DYNAMICS = 4
@@ -355,11 +362,13 @@ def footprint_map(
     threshold: float = 0.5,
     device: str | None = None,
     grid: GridSpec | None = None,
+    adapt: AdaptMode = "auto",
 ) -> xr.Dataset:
     """Built-up footprint of `period` of `ref` (on `grid`, a pixel window of ``ref.grid``).
 
     Baseline: the NDBI/NDVI/MNDWI rule (`models.baselines.builtup_rule`); ``probability`` is
     its 0/1 decision and ``confidence`` grows with the distance of NDBI - NDVI from 0.
+    Model: `model_footprint` (`adapt` says when it is fine-tuned on the tile first).
     """
     _check_threshold(threshold)
     comp, count = _read(ref, period, grid)
@@ -371,16 +380,79 @@ def footprint_map(
         confidence = (0.5 + 0.5 * margin).astype("float32").where(rule["valid"])
         attrs = {"method": "ndbi-rule"}
     else:
-        dev = resolve_device(device)
-        comp = comp.compute()  # read once: the model and the domain score both read it
-        with gpu_slot(dev):
-            net, spec = load_model(model, device=dev)
-            ds = predict_footprint(net, spec, comp, device=dev, select_bands=True)
-        score = domain_score(spec, *model_inputs(spec, comp, select_bands=True))
-        _warn_out_of_domain(spec, score)
-        prob, confidence = ds["probability"], ds["confidence"]
-        attrs = {"method": spec.name, "weights_sha256": spec.sha256, **_domain_attrs(score)}
+        ds = model_footprint(comp, model=model, adapt=adapt, device=device)
+        prob, confidence, attrs = ds["probability"], ds["confidence"], dict(ds.attrs)
     return _binary_product(prob, confidence, count, threshold, attrs)
+
+
+def model_footprint(
+    composite: xr.DataArray,
+    *,
+    model: str,
+    adapt: AdaptMode = "auto",
+    device: str | None = None,
+    weights_dir: Path | str | None = None,
+) -> xr.Dataset:
+    """The footprint model `model` on one composite ``(band, y, x)`` (reflectance, NaN = no
+    data): `tasks.infer.predict_footprint`, its domain score and, where `adapt` says so, the
+    map of the model fine-tuned on this composite with seeds where it and the NDBI rule agree
+    (`tasks.adapt.footprint_seeds`). Returns ``probability``, ``confidence`` and ``valid``;
+    attrs as `model_change`'s."""
+    dev = resolve_device(device)
+    comp = composite.compute()  # read once: the model, the domain score and the rule read it
+    with gpu_slot(dev):
+        net, spec = load_model(model, device=dev, extra_dir=weights_dir)
+        ds = predict_footprint(net, spec, comp, device=dev, select_bands=True)
+        x, observed = model_inputs(spec, comp, select_bands=True)
+        score = domain_score(spec, x, observed)
+        _warn_out_of_domain(spec, score)
+        adapted = (
+            _adapt_footprint(net, spec, comp, ds, x[0], device=dev)
+            if should_adapt(adapt, score)
+            else None
+        )
+    out = ds if adapted is None else adapted
+    attrs = {
+        "method": spec.name,
+        "weights_sha256": spec.sha256,
+        **_domain_attrs(score),
+        "adapted": int(adapted is not None),
+    }
+    return xr.Dataset({k: out[k] for k in ("probability", "confidence", "valid")}, attrs=attrs)
+
+
+def _adapt_footprint(
+    net: Any,
+    spec: WeightsSpec,
+    composite: xr.DataArray,
+    shipped: xr.Dataset,
+    x: np.ndarray,
+    *,
+    device: Any,
+) -> xr.Dataset | None:
+    """The footprint map of a copy of `net` fine-tuned on this composite (`tasks.adapt`), or
+    None where it gives too few seeds (the shipped map is kept, and the reason logged)."""
+    try:
+        seeds = footprint_seeds(
+            shipped["probability"].values, builtup_rule(composite)["built"].values
+        )
+        tuned = fine_tune_footprint(net, x, seeds, device=device)
+    except InputError as err:
+        log.warning("footprint: not adapted (%s)", err)
+        return None
+    log.info(
+        "footprint: %s adapted on %d built-up and %d other seed pixels",
+        spec.name,
+        int((seeds == 1).sum()),
+        int((seeds == 0).sum()),
+    )
+    return predict_footprint(
+        tuned,
+        spec.model_copy(update={"temperature": 1.0}),
+        composite,
+        device=device,
+        select_bands=True,
+    )
 
 
 def _binary_product(
@@ -502,8 +574,8 @@ def product_dataset(
     """The bands of product `kind` (module docstring) from the composites `ref`, on `grid`.
 
     change: periods ``before``/``after`` of `ref`; footprint: `period`; dynamics: every annual
-    period. `grid`: a pixel window of ``ref.grid`` (default all of it). `adapt`: change only
-    (`change_map`).
+    period. `grid`: a pixel window of ``ref.grid`` (default all of it). `adapt`: change and
+    footprint (`change_map`, `footprint_map`).
     """
     if kind == "change":
         return change_map(
@@ -513,7 +585,7 @@ def product_dataset(
         if period is None:
             raise InputError("period: a footprint needs the composite period to map.")
         return footprint_map(
-            ref, period, model=model, threshold=threshold, device=device, grid=grid
+            ref, period, model=model, threshold=threshold, device=device, grid=grid, adapt=adapt
         )
     if kind == "dynamics":
         return dynamics_map(ref, model=model, device=device, grid=grid)
@@ -702,7 +774,7 @@ def _tile_path(
             "weights": weights,
             "threshold": threshold,
             "period": period,
-            "adapt": adapt if kind == "change" else None,
+            "adapt": adapt if kind in ADAPTIVE_KINDS else None,
             "radiometry": RADNORM_METHOD if kind == "change" else None,
             "grid": [tile.grid.epsg, tile.grid.resolution, list(tile.grid.bounds)],
             "outer": astuple(tile.outer),
@@ -1041,7 +1113,7 @@ def publish_tiles(
             )
     spec: WeightsSpec | str = resolve(model)[0] if model != BASELINE else f"{BASELINE}:{method}"
     params: dict[str, Any] = {"threshold": threshold, "min_pixels": min_pixels, "method": method}
-    if kind == "change" and model != BASELINE:
+    if kind in ADAPTIVE_KINDS and model != BASELINE:
         params["adapt"] = adapt
     if len(parts) > 1 or parts[0].tile.core != single_tile(grid).core:
         t = parts[0].tile

@@ -8,8 +8,9 @@ composites. Scores (all on the whole world, which no training run has seen):
   make them (`tasks.products.compare_composites`: the after composite radiometrically
   normalised onto the before one; the model adapted where the flow would adapt it): F1,
   precision, recall, ECE, and how many pairs were adapted;
-- footprint: `predict_footprint` (P >= 0.5) vs `builtup_rule` (NDBI rule): IoU, F1,
-  precision, recall, ECE;
+- footprint: the model as the footprint product makes it (`tasks.products.model_footprint`:
+  adapted where the flow would adapt; P >= 0.5) vs `builtup_rule` (NDBI rule): IoU, F1,
+  precision, recall, ECE, whether it was adapted;
 - dynamics: `predict_dynamics` urbanization year vs `breakpoint_year`: share within ±1 year,
   mean absolute error, share of never-built pixels given a year, ECE;
 - change and footprint: the domain score of their inputs (`tasks.adapt.domain_score`; change:
@@ -35,17 +36,16 @@ from models.calibration import expected_calibration_error
 from models.registry import load_model
 from models.training.data import BANDS, WorldData
 from models.training.metrics import binary_scores, year_agreement
+from models.training.realdata import RealScene
 from models.training.recipes import MODEL_NAMES, first_built_year
-from tasks.adapt import domain_score
+from tasks.adapt import AdaptMode
 from tasks.infer import (
-    model_inputs,
     predict_dynamics,
-    predict_footprint,
     resolve_device,
 )
-from tasks.products import compare_composites
+from tasks.products import compare_composites, model_footprint
 
-__all__ = ["BARS", "EVAL_PAIRS", "Evaluation", "evaluate_world"]
+__all__ = ["BARS", "EVAL_PAIRS", "Evaluation", "evaluate_real_footprint", "evaluate_world"]
 
 #: (before, after) year pairs scored for change (fixed before any evaluation was run).
 EVAL_PAIRS: tuple[tuple[int, int], ...] = ((1991, 2025), (2009, 2025))
@@ -60,9 +60,11 @@ BARS: dict[tuple[str, str], float] = {
 
 @dataclass
 class Evaluation:
-    """Rows ``(product, metric, dl, baseline)`` and the model names/sha256 evaluated."""
+    """Rows ``(product, metric, dl, baseline)`` and the model names/sha256 evaluated, on a
+    synthetic world (`seed`) or a real labelled case (`name`)."""
 
-    seed: int
+    seed: int | None = None
+    name: str = ""
     rows: list[tuple[str, str, float, float]] = field(default_factory=list)
     models: dict[str, str] = field(default_factory=dict)
 
@@ -103,7 +105,7 @@ def evaluate_world(
     wins over the shipped folder) and their baselines on `world`."""
     names = {**MODEL_NAMES, **(names or {})}
     dev = resolve_device(device)
-    ev = Evaluation(seed=world.seed)
+    ev = Evaluation(seed=world.seed, name=f"world {world.seed}")
 
     # change ----------------------------------------------------------------------------
     _, spec = load_model(names["change"], device=dev, extra_dir=weights_dir)
@@ -134,19 +136,20 @@ def evaluate_world(
     ev.rows.append(("change", "adapted_pairs", float(adapted), float("nan")))
 
     # footprint ---------------------------------------------------------------------------
-    net, spec = load_model(names["footprint"], device=dev, extra_dir=weights_dir)
-    ev.models["footprint"] = f"{spec.name} ({spec.sha256})"
-    comp = _da(world.recent)
-    ds = predict_footprint(net, spec, comp, device=dev)
-    base = builtup_rule(comp)
+    # as the footprint product makes it: adapted where the flow would adapt
+    ds = model_footprint(
+        _da(world.recent), model=names["footprint"], device=device, weights_dir=weights_dir
+    )
+    ev.models["footprint"] = f"{ds.attrs['method']} ({ds.attrs['weights_sha256']})"
+    base = builtup_rule(_da(world.recent))
     valid = ds["valid"].values & base["valid"].values
     p, y = ds["probability"].values[valid], world.built10[valid]
     dl, bl = binary_scores(p >= 0.5, y), binary_scores(base["built"].values[valid], y)
     for m in ("iou", "f1", "precision", "recall"):
         ev.rows.append(("footprint", m, dl[m], bl[m]))
     ev.rows.append(("footprint", "ece", expected_calibration_error(p, y), float("nan")))
-    fp_score = domain_score(spec, *model_inputs(spec, comp)).value
-    ev.rows.append(("footprint", "domain_score", fp_score, float("nan")))
+    ev.rows.append(("footprint", "domain_score", ds.attrs["domain_score"], float("nan")))
+    ev.rows.append(("footprint", "adapted", float(ds.attrs["adapted"]), float("nan")))
 
     # dynamics ----------------------------------------------------------------------------
     net, spec = load_model(names["dynamics"], device=dev, extra_dir=weights_dir)
@@ -178,4 +181,58 @@ def evaluate_world(
     ev.rows.append(
         ("dynamics", "ece", expected_calibration_error(prob[ok], built[ok]), float("nan"))
     )
+    return ev
+
+
+#: The footprint model's pixel size (m): a coarser real image is resampled to it first, as
+#: the product grid of a footprint run would be.
+FOOTPRINT_RESOLUTION = 10.0
+
+
+def evaluate_real_footprint(
+    scene: RealScene,
+    *,
+    weights_dir: Path | str | None = None,
+    name: str | None = None,
+    adapt: AdaptMode = "auto",
+    device: str | None = "cpu",
+) -> Evaluation:
+    """The footprint model next to the NDBI rule on a real labelled scene (`scene.labels`:
+    1 built-up, 0 not, -1 unlabelled), as the footprint product makes it
+    (`tasks.products.model_footprint`: adapted where the flow would adapt): IoU, F1,
+    precision, recall over the labelled pixels, the model's ECE, domain score and whether
+    it was adapted.
+
+    The model sees the scene bilinearly resampled to its 10 m (`FOOTPRINT_RESOLUTION`) and is
+    scored at the labels' pixels (nearest 10 m pixel); the rule runs on the scene as it is.
+    """
+    comp = scene.composite
+    x0, y0, x1, y1 = scene.grid.bounds
+    r = FOOTPRINT_RESOLUTION
+    fine = comp.interp(
+        x=np.arange(x0 + r / 2, x1, r), y=np.arange(y1 - r / 2, y0, -r), method="linear"
+    ).astype("float32")
+    ds = model_footprint(
+        fine,
+        model=name or MODEL_NAMES["footprint"],
+        adapt=adapt,
+        device=device,
+        weights_dir=weights_dir,
+    )
+    ev = Evaluation(
+        name=scene.name,
+        models={"footprint": f"{ds.attrs['method']} ({ds.attrs['weights_sha256']})"},
+    )
+    back = ds[["probability", "valid"]].sel(x=comp.x, y=comp.y, method="nearest")
+    base = builtup_rule(comp)
+    m = (scene.labels >= 0) & back["valid"].values & base["valid"].values
+    p, y = back["probability"].values[m], scene.labels[m] == 1
+    dl, bl = binary_scores(p >= 0.5, y), binary_scores(base["built"].values[m], y)
+    for metric in ("iou", "f1", "precision", "recall"):
+        ev.rows.append(("footprint", metric, dl[metric], bl[metric]))
+    nan = float("nan")
+    ev.rows.append(("footprint", "ece", expected_calibration_error(p, y), nan))
+    ev.rows.append(("footprint", "domain_score", float(ds.attrs["domain_score"]), nan))
+    ev.rows.append(("footprint", "adapted", float(ds.attrs["adapted"]), nan))
+    ev.rows.append(("footprint", "labelled", float(m.sum()), float(m.sum())))
     return ev

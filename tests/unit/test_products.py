@@ -137,6 +137,22 @@ def test_change_with_the_shipped_model_scores_its_domain_and_adapts_when_told(
     assert not np.array_equal(tuned["probability"].values, shipped["probability"].values)
 
 
+def test_footprint_with_the_shipped_model_adapts_when_told(
+    pair: CompositeRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    truth = np.zeros(GRID.shape, bool)
+    truth[BLOCK] = True
+    shipped = footprint_map(pair, "after", model=MODEL_NAMES["footprint"], adapt="never")
+    assert shipped.attrs["adapted"] == 0 and shipped.attrs["domain_score"] > 0
+    with caplog.at_level("INFO", logger="tasks.products"):
+        tuned = footprint_map(pair, "after", model=MODEL_NAMES["footprint"], adapt="always")
+    assert tuned.attrs["adapted"] == 1 and "footprint: " in caplog.text, caplog.text
+    assert "adapted on" in caplog.text
+    assert tuned.attrs["domain_score"] == shipped.attrs["domain_score"]
+    assert (tuned["binary"].values.astype(bool) == truth).mean() > 0.97
+    assert not np.array_equal(tuned["probability"].values, shipped["probability"].values)
+
+
 def test_products_out_of_domain_log_a_warning_and_tell_the_item(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
