@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(VENV)/bin/eo demo
 
+# Two workers (one module per worker at a time: module fixtures stay whole; one torch thread
+# each), then the timing-sensitive tests alone. `pytest` by itself runs everything serially.
+TEST_WORKERS ?= 2
+
 test: install lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m 'not slow and not serial'
+	$(VENV)/bin/pytest -m 'serial and not slow'
 
 test-all: install
 	$(VENV)/bin/pytest -m ''

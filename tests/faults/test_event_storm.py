@@ -286,6 +286,7 @@ def _runs(client: SyncPrefectClient, deployment_id: UUID) -> list[FlowRun]:
     return client.read_flow_runs(deployment_filter=deployment)
 
 
+@pytest.mark.serial  # the storm must fit a debounce window of seconds: run alone
 def test_event_storm_gives_one_run_per_aoi_and_no_duplicate_product(
     storm: Storm, tiny_archive: ArchiveInfo, tiny_items: list[dict[str, Any]]
 ) -> None:

@@ -101,7 +101,7 @@ def test_eo_run_footprint_publishes_and_prints_a_summary(
         **os.environ,
         "EO_CACHE_DIR": str(tmp_path / "cache"),
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "COLUMNS": "200",
+        "COLUMNS": "400",
     }
     args = [
         str(Path(sys.executable).with_name("eo")),

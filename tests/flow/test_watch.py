@@ -288,6 +288,7 @@ def _read_items(root: Path) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.serial  # its burst must fit a debounce window of seconds: run alone
 def test_new_acquisitions_trigger_one_monitor_run_per_burst(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
