@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 FIRST_LANDSAT_YEAR = 1984  # Landsat 5 TM, the first sensor with the bands the models use
+FIRST_SENTINEL2_YEAR = 2015  # Sentinel-2A, launched 2015-06-23: the footprint model's input
 #: The name that selects a product's classical baseline (`tasks.products.BASELINE`).
 BASELINE = "baseline"
 #: pydantic's error types of numeric bounds (``gt``, ``ge``, ``lt``, ``le``).
@@ -366,6 +367,15 @@ class UrbanFootprintParams(_FlowParams):
                 f"year: {self.year} is in the future; allowed: {FIRST_LANDSAT_YEAR} <= year "
                 f"<= {now}."
             )
+        last = (
+            self.year if self.year is not None else (self.period.end.year if self.period else now)
+        )
+        if self.model != BASELINE and last < FIRST_SENTINEL2_YEAR:
+            raise ValueError(
+                f"{'year' if self.year is not None else 'period'}: {last} is before Sentinel-2 "
+                f"({FIRST_SENTINEL2_YEAR}), and the footprint model maps Sentinel-2 composites; "
+                "for a Landsat year use model='baseline' (the NDBI rule)."
+            )
         return self
 
 
@@ -472,5 +482,15 @@ class MonitorParams(_FlowParams):
         if "dynamics" in self.products and self.year < self.first_year + 2:
             raise ValueError(
                 f"year: the dynamics need year >= first_year + 2 ({self.first_year + 2})."
+            )
+        if (
+            "footprint" in self.products
+            and not self.use_baselines
+            and self.year < FIRST_SENTINEL2_YEAR
+        ):
+            raise ValueError(
+                f"year: {self.year} is before Sentinel-2 ({FIRST_SENTINEL2_YEAR}), and the "
+                "footprint model maps Sentinel-2 composites; drop 'footprint' from products or "
+                "set use_baselines."
             )
         return self

@@ -317,6 +317,9 @@ def test_monitor_params_year_and_interval_are_checked() -> None:
         MonitorParams(aoi=BBOX, year=1990, change_interval_years=10)
     with pytest.raises(ValueError, match="in the future"):
         MonitorParams(aoi=BBOX, year=datetime.now(UTC).year + 1)
+    with pytest.raises(ValueError, match="before Sentinel-2"):
+        MonitorParams(aoi=BBOX, year=2010, change_interval_years=10)
+    assert MonitorParams(aoi=BBOX, year=2010, change_interval_years=10, use_baselines=True)
     with pytest.raises(ValueError, match="products"):
         MonitorParams(aoi=BBOX, products=[])
 

@@ -66,6 +66,10 @@ def test_change_params_bad_input_names_the_field(changes: dict, field: str, need
 
 def test_footprint_params_need_exactly_one_of_year_and_period() -> None:
     assert UrbanFootprintParams(aoi=BBOX, year=2020).year == 2020
+    # the footprint model maps Sentinel-2: a Landsat-only year needs the baseline
+    with pytest.raises(ValidationError, match=r"before Sentinel-2.*model='baseline'"):
+        UrbanFootprintParams(aoi=BBOX, year=2000)
+    assert UrbanFootprintParams(aoi=BBOX, year=2000, model="baseline").year == 2000
     with pytest.raises(ValidationError, match="year, period"):
         UrbanFootprintParams(aoi=BBOX)
     with pytest.raises(ValidationError, match="year, period"):
