@@ -288,7 +288,15 @@ def model_change(
             if should_adapt(adapt, score)
             else None
         )
-    out = ds if adapted is None else adapted
+    return _model_map(spec, score, ds, adapted)
+
+
+def _model_map(
+    spec: WeightsSpec, score: DomainScore, shipped: xr.Dataset, adapted: xr.Dataset | None
+) -> xr.Dataset:
+    """A model map (`model_change`, `model_footprint`): the adapted model's where there is
+    one, else the shipped model's, with what the product records of both."""
+    out = shipped if adapted is None else adapted
     attrs = {
         "method": spec.name,
         "weights_sha256": spec.sha256,
@@ -411,14 +419,7 @@ def model_footprint(
             if should_adapt(adapt, score)
             else None
         )
-    out = ds if adapted is None else adapted
-    attrs = {
-        "method": spec.name,
-        "weights_sha256": spec.sha256,
-        **_domain_attrs(score),
-        "adapted": int(adapted is not None),
-    }
-    return xr.Dataset({k: out[k] for k in ("probability", "confidence", "valid")}, attrs=attrs)
+    return _model_map(spec, score, ds, adapted)
 
 
 def _adapt_footprint(

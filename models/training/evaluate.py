@@ -137,11 +137,10 @@ def evaluate_world(
 
     # footprint ---------------------------------------------------------------------------
     # as the footprint product makes it: adapted where the flow would adapt
-    ds = model_footprint(
-        _da(world.recent), model=names["footprint"], device=device, weights_dir=weights_dir
-    )
+    comp = _da(world.recent)
+    ds = model_footprint(comp, model=names["footprint"], device=device, weights_dir=weights_dir)
     ev.models["footprint"] = f"{ds.attrs['method']} ({ds.attrs['weights_sha256']})"
-    base = builtup_rule(_da(world.recent))
+    base = builtup_rule(comp)
     valid = ds["valid"].values & base["valid"].values
     p, y = ds["probability"].values[valid], world.built10[valid]
     dl, bl = binary_scores(p >= 0.5, y), binary_scores(base["built"].values[valid], y)
