@@ -158,6 +158,9 @@ class ArdOptions:
 
     min_clear_fraction: float = 0.1  # scenes with less clear area are skipped (logged)
     buffer_m: float = 0.0  # extra dilation of clouds/shadows, metres
+    # Snow is a state of the day, not the land cover a product maps: flagged snow (SCL 11,
+    # QA_PIXEL bit 5) is no observation of the surface.
+    mask_snow: bool = True
     coregister: bool = True
     harmonize: bool = True
     # Bilinear: nearest neighbour moves 30 m Landsat pixels on a 10 m grid by up to half a pixel.
@@ -198,7 +201,10 @@ def analysis_ready_stack(
     """
     stack = load(scenes, grid, bands=ard_bands(scenes), resampling=options.resampling)
     masked, mask_report = mask_stack(
-        stack, min_clear_fraction=options.min_clear_fraction, buffer_m=options.buffer_m
+        stack,
+        min_clear_fraction=options.min_clear_fraction,
+        buffer_m=options.buffer_m,
+        mask_snow=options.mask_snow,
     )
     report: dict[str, Any] = {"mask": mask_report.to_dict(), "coregistration": None}
     if masked.sizes["time"] == 0:
@@ -433,7 +439,10 @@ def pin_reference(
         return None
     stack = load(scenes, grid, bands=[REFERENCE_BAND], resampling=options.resampling)
     masked, _ = mask_stack(
-        stack, min_clear_fraction=options.min_clear_fraction, buffer_m=options.buffer_m
+        stack,
+        min_clear_fraction=options.min_clear_fraction,
+        buffer_m=options.buffer_m,
+        mask_snow=options.mask_snow,
     )
     if masked.sizes["time"] == 0:
         return None

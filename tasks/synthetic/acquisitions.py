@@ -40,7 +40,7 @@ from tasks.synthetic.orbits import (
 )
 from tasks.synthetic.world import main_epsg
 
-__all__ = ["COLLECTIONS", "Acquisition", "ItemSpec", "plan_archive", "radiometry"]
+__all__ = ["COLLECTIONS", "Acquisition", "ItemSpec", "plan_archive", "radiometry", "snow_extent"]
 
 #: Earth Search v1 collection ids per platform family.
 COLLECTIONS = {"sentinel-2": "sentinel-2-l2a", "landsat": "landsat-c2-l2"}
@@ -80,7 +80,8 @@ class Acquisition:
     Landsat 7 SLC-off stripes fall; `swath`: the footprint of the pass. Radiometry after
     atmospheric correction (`radiometry`): `gain` and `offset` per reflectance asset (in
     `reflectance_assets(platform)` order; calibration drift and the BRDF-like sun-zenith
-    effect), `haze`: residual aerosol path reflectance at 450 nm.
+    effect), `haze`: residual aerosol path reflectance at 450 nm. `snow`: the share of open
+    land under snow (0: none; `snow_extent`).
     """
 
     platform: Platform
@@ -100,6 +101,7 @@ class Acquisition:
     gain: tuple[float, ...] = ()
     offset: tuple[float, ...] = ()
     haze: float = 0.0
+    snow: float = 0.0
 
     @property
     def key(self) -> str:
@@ -220,6 +222,22 @@ def radiometry(
     return gain, offset, haze
 
 
+#: Relative chance of snow on the ground by calendar month (mid-winter 1, shoulder months).
+_SNOW_SEASON = {12: 1.0, 1: 1.0, 2: 1.0, 11: 0.5, 3: 0.5}
+
+
+def snow_extent(config: ArchiveConfig, day: date, key: str) -> float:
+    """Share of open land under snow on `day` for acquisition `key`: with chance
+    ``config.snow`` in December-February (half of it in November and March) a cover of
+    30-100 %, else 0. Its own random stream, so a configuration without snow draws exactly
+    what it drew before snow existed."""
+    chance = config.snow * _SNOW_SEASON.get(day.month, 0.0)
+    if chance <= 0:
+        return 0.0
+    rng = rng_for(config, "snow", key)
+    return float(rng.uniform(0.3, 1.0)) if rng.random() < chance else 0.0
+
+
 def _acquisition(
     config: ArchiveConfig, platform: Platform, track: Track, day: date, epsg: int
 ) -> Acquisition | None:
@@ -241,9 +259,8 @@ def _acquisition(
     items = _item_specs(config, platform, track, day, swath, epsg)
     if not items:
         return None
-    gain, offset, haze = radiometry(
-        config, platform, f"{platform}_{track.code}_{day:%Y%m%d}", elevation
-    )
+    key = f"{platform}_{track.code}_{day:%Y%m%d}"
+    gain, offset, haze = radiometry(config, platform, key, elevation)
     return Acquisition(
         platform=platform,
         track=track,
@@ -262,6 +279,7 @@ def _acquisition(
         gain=gain,
         offset=offset,
         haze=haze,
+        snow=snow_extent(config, day, key),
     )
 
 

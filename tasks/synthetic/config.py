@@ -106,6 +106,33 @@ class ArchiveConfig(BaseModel):
         "angle: relative gain per unit of (zenith - 45 deg) / 45 deg.",
     )
 
+    snow: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Chance that an acquisition of mid-winter (December-February; half of it "
+        "in November and March) has snow on the ground.",
+    )
+    paddy_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.8,
+        description="Share of the arable fields that are irrigated rice paddies (flooded from "
+        "transplanting to mid-season): cropland, whose flooding is not change.",
+    )
+    aquaculture_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.3,
+        description="Share of the AOI's arable land dug into fish ponds by the last year "
+        "(cropland -> water, drained in winter), in clusters, from 1990 on.",
+    )
+    roof_materials: tuple[float, float, float, float] = Field(
+        default=(1.0, 0.0, 0.0, 0.0),
+        description="Relative shares of roof materials per development parcel: concrete, "
+        "clay tile, metal sheet, bitumen.",
+    )
+
     @model_validator(mode="after")
     def _check_ranges(self) -> ArchiveConfig:
         for name in ("landsat_years", "sentinel2_years"):
@@ -125,6 +152,11 @@ class ArchiveConfig(BaseModel):
             )
         if self.builtup_end <= self.builtup_start:
             raise ValueError("builtup_end must exceed builtup_start: the city grows.")
+        if min(self.roof_materials) < 0 or sum(self.roof_materials) <= 0:
+            raise ValueError(
+                f"roof_materials={self.roof_materials}: give four shares >= 0 with a "
+                "positive sum (concrete, clay tile, metal, bitumen)."
+            )
         if min(self.cloud_beta) <= 0:
             raise ValueError(f"cloud_beta={self.cloud_beta}: both Beta parameters must be > 0.")
         return self

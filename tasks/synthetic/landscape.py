@@ -22,7 +22,15 @@ from tasks.aoi import GridSpec
 from tasks.synthetic.config import ArchiveConfig
 from tasks.synthetic.geometry import transformer
 
-__all__ = ["TRUTH_RESOLUTION", "Layout", "aoi_bounds", "build_layout", "rng_for", "world_margin_m"]
+__all__ = [
+    "TRUTH_RESOLUTION",
+    "Layout",
+    "aoi_bounds",
+    "build_layout",
+    "rng_for",
+    "smooth_noise",
+    "world_margin_m",
+]
 
 #: Resolution of the truth grid (m): the finest simulated detail, Sentinel-2's 10 m bands.
 TRUTH_RESOLUTION = 10.0
@@ -100,7 +108,7 @@ class Layout:
         return int(self.field.max()) + 1
 
 
-def _smooth_noise(
+def smooth_noise(
     rng: np.random.Generator, shape: tuple[int, int], sigma_px: float
 ) -> NDArray[np.float32]:
     """Gaussian-filtered white noise scaled to zero mean, unit standard deviation."""
@@ -128,7 +136,7 @@ def _blob(
     """An irregular compact patch: a disc whose edge is perturbed by smooth noise."""
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     dist = np.hypot(yy - center[0], xx - center[1]) / radius_px
-    return np.asarray(dist + 0.25 * _smooth_noise(rng, shape, radius_px / 3) < 1.0)
+    return np.asarray(dist + 0.25 * smooth_noise(rng, shape, radius_px / 3) < 1.0)
 
 
 def _roads(
@@ -191,15 +199,15 @@ def build_layout(config: ArchiveConfig, epsg: int) -> Layout:
     quarry = _blob(rng, shape, away[2], 0.045 * aoi_px) & ~lake & ~reservoir
 
     # Forest on the smooth-noise highs, kept out of the old town by a radial penalty.
-    forest_score = _smooth_noise(rng, shape, 250.0 / TRUTH_RESOLUTION) - 1.5 * np.exp(
+    forest_score = smooth_noise(rng, shape, 250.0 / TRUTH_RESOLUTION) - 1.5 * np.exp(
         -centre_dist / 0.2
     )
     forest = (forest_score > np.quantile(forest_score, 1 - _FOREST_SHARE)) & ~lake & ~quarry
 
-    fine = _smooth_noise(rng, shape, 1.5)
+    fine = smooth_noise(rng, shape, 1.5)
     per_field = rng.normal(0, 1, n_fields).astype(np.float32)[field]
     brightness = np.clip(1.0 + 0.05 * fine + 0.04 * per_field, 0.85, 1.15).astype(np.float32)
-    green_noise = _smooth_noise(rng, shape, 3.0)
+    green_noise = smooth_noise(rng, shape, 3.0)
     urban_green = np.clip(0.2 + 0.1 * green_noise, 0.03, 0.45).astype(np.float32)
 
     return Layout(

@@ -80,7 +80,8 @@ class Detection:
 
     `cloud`: detected cloud, of which `cloud_core` is the opaque part (high probability) and
     `cloud_fringe` (not cloud) the thin edge a classifier is unsure of; `cirrus`, `shadow`,
-    `water`, `vegetation`, `dark`, `unclassified`; `fill`: no data.
+    `water`, `vegetation`, `dark`, `unclassified`; `fill`: no data; `snow` (None where it was
+    not looked for).
     """
 
     fill: NDArray[np.bool_]
@@ -93,6 +94,15 @@ class Detection:
     vegetation: NDArray[np.bool_]
     dark: NDArray[np.bool_]
     unclassified: NDArray[np.bool_]
+    snow: NDArray[np.bool_] | None = None
+
+
+#: Snow test (Sen2Cor's and CFMask's spectral core): NDSI = (green - swir16) / (green + swir16)
+#: above this, with NIR and green bright enough to exclude water (Dozier 1989; Zhu & Woodcock
+#: 2012 use NDSI > 0.15, NIR > 0.11, green > 0.1 with a thermal test this simulator lacks).
+SNOW_NDSI = 0.4
+_SNOW_NIR = 0.11
+_SNOW_GREEN = 0.1
 
 
 def _smooth_error(
@@ -115,6 +125,7 @@ def detect(
     has_cirrus_band: bool,
     urban_commission: bool,
     rng: np.random.Generator,
+    swir16: NDArray[np.float32] | None = None,
 ) -> Detection:
     """Classify one product's pixels from truth pixel means (cloud/shadow opacity 0-1, cirrus
     reflectance) and the noise-free reflectance, with realistic errors.
@@ -122,7 +133,8 @@ def detect(
     Errors: opacity and shadow seen through smooth noise (sigma 0.05 / 0.07, a few % of edge
     pixels flip); without a cirrus band (TM/ETM+) cirrus is seen only where thicker than ~0.012
     reflectance, as cloud (CFMask's thermal test); with `urban_commission`, some bright
-    built-up pixels are taken for cloud (Sen2Cor).
+    built-up pixels are taken for cloud (Sen2Cor). With `swir16`, snow is detected by its
+    NDSI (`SNOW_NDSI`) where no cloud, cirrus or shadow was; it takes no random draw.
     """
     shape = opacity.shape
     seen_opacity = opacity + 0.05 * _smooth_error(rng, shape)
@@ -141,8 +153,17 @@ def detect(
         cloud |= bright & (_smooth_error(rng, shape, 1.0) > 2.0)
     fringe = (seen_opacity > 0.4) & ~cloud
     shadow_flag = (seen_shadow > 0.5) & ~cloud & ~cirrus_flag
+    snow = None
+    if swir16 is not None:
+        ndsi = (green - swir16) / np.maximum(green + swir16, 1e-6)
+        snow = (ndsi > SNOW_NDSI) & (nir > _SNOW_NIR) & (green > _SNOW_GREEN)
+        snow &= ~cloud & ~cirrus_flag & ~shadow_flag & valid
     water = (nir < 0.05) & (green > nir) & ~cloud & ~cirrus_flag & ~shadow_flag
+    if snow is not None:
+        water &= ~snow
     clear = ~(cloud | cirrus_flag | shadow_flag | water)
+    if snow is not None:
+        clear &= ~snow
     return Detection(
         fill=~valid,
         cloud=cloud & valid,
@@ -154,6 +175,7 @@ def detect(
         vegetation=clear & (ndvi > 0.4) & valid,
         dark=clear & (ndvi <= 0.4) & (nir < 0.08) & valid,
         unclassified=clear & (_smooth_error(rng, shape, 1.0) > 2.75) & valid,
+        snow=snow,
     )
 
 
@@ -164,6 +186,8 @@ def encode_scl(d: Detection) -> NDArray[np.uint8]:
     scl[d.dark] = SCL.DARK
     scl[d.unclassified] = SCL.UNCLASSIFIED
     scl[d.water] = SCL.WATER
+    if d.snow is not None:
+        scl[d.snow] = SCL.SNOW
     scl[d.shadow] = SCL.CLOUD_SHADOW
     scl[d.cirrus] = SCL.THIN_CIRRUS
     scl[d.cloud] = SCL.CLOUD_MEDIUM
@@ -180,14 +204,19 @@ def encode_qa_pixel(d: Detection, *, oli: bool) -> NDArray[np.uint16]:
     their thin edges, here limited to edge pixels with cloud signal so that a mask that honours
     the bit stays within a few % of the truth. Shadow keeps the clear bit, as in real products
     (23888 on OLI). Cirrus (bit 2, confidence 14-15) exists on OLI only. Fill is exactly 1.
+    Snow sets bit 5 with high snow confidence and keeps the clear bit (30048 on OLI, a value
+    of real Collection 2 products over snow).
     """
     dilated = binary_dilation(d.cloud, structure=np.ones((3, 3), bool)) & d.cloud_fringe
     cloud_conf = np.where(d.cloud, QA.HIGH, np.where(d.cloud_fringe, QA.MEDIUM, QA.LOW))
     shadow_conf = np.where(d.shadow, QA.HIGH, QA.LOW)
+    snow = d.snow if d.snow is not None else np.zeros(d.fill.shape, dtype=bool)
+    snow_conf = np.where(snow, QA.HIGH, QA.LOW)
     qa = (
         (cloud_conf << QA.CLOUD_CONF_SHIFT)
         | (shadow_conf << QA.SHADOW_CONF_SHIFT)
-        | (QA.LOW << QA.SNOW_CONF_SHIFT)
+        | (snow_conf << QA.SNOW_CONF_SHIFT)
+        | np.where(snow, QA.SNOW, 0)
         | np.where(d.cloud, QA.CLOUD, 0)
         | np.where(dilated, QA.DILATED, 0)
         | np.where(d.shadow, QA.SHADOW, 0)

@@ -24,7 +24,7 @@ from tasks.synthetic.bands import RESPONSE, reflectance_assets
 from tasks.synthetic.clouds import Sky, build_sky, truth_classes
 from tasks.synthetic.config import ArchiveConfig
 from tasks.synthetic.geometry import Bilinear, mesh_in, transform_points
-from tasks.synthetic.landscape import rng_for
+from tasks.synthetic.landscape import rng_for, smooth_noise
 from tasks.synthetic.masks import detect, encode_qa_pixel, encode_scl
 from tasks.synthetic.spectra import cloud_band_values
 from tasks.synthetic.world import World
@@ -119,8 +119,15 @@ class _Renderer:
         self.world = world
         self.acq = acquisition
         self.shift = acquisition.shift_m if shifted else (0.0, 0.0)
+        day = acquisition.datetime.date()
+        snow = None
+        if acquisition.snow > 0:
+            noise = smooth_noise(
+                rng_for(config, "snow-cover", acquisition.key), world.layout.grid.shape, 25.0
+            )
+            snow = world.snow_fraction(day, acquisition.snow, noise)
         self.surface = world.surface(
-            acquisition.platform, acquisition.datetime.date(), soil_wetness=acquisition.soil_wetness
+            acquisition.platform, day, soil_wetness=acquisition.soil_wetness, snow=snow
         )
         self.sky: Sky = build_sky(config, acquisition, world.layout.grid)
         self.assets = reflectance_assets(acquisition.platform)
@@ -260,6 +267,9 @@ class _Renderer:
             return _block_mean(np.nan_to_num(values), k) if k > 1 else np.nan_to_num(values)
 
         nir_asset = "nir" if "nir" in finest.reflectance else "nir08"
+        # Snow is looked for (NDSI) only where the scene has some, so that a snowless
+        # configuration classifies exactly as before snow existed.
+        swir = np.nan_to_num(coarsest.reflectance["swir16"]) if self.acq.snow > 0 else None
         detection = detect(
             opacity=coarsest.opacity,
             shadow=coarsest.shadow,
@@ -272,6 +282,7 @@ class _Renderer:
             has_cirrus_band=self.acq.instrument in ("msi", "oli"),
             urban_commission=self.acq.instrument == "msi",
             rng=rng_for(self.config, "quality", spec.id),
+            swir16=swir,
         )
         if self.acq.instrument == "msi":
             quality: NDArray[np.uint8] | NDArray[np.uint16] = encode_scl(detection)

@@ -19,12 +19,17 @@ keyed on the seed; the same seed, the same configuration):
 | calibration drift           | per-band gain error std 0-6 % per sensor and per date           |
 | atmospheric residuals       | mean residual haze 0-0.03 at 450 nm, with its adjacency blur    |
 | view/illumination           | BRDF-like sun-zenith gain 0-0.15 per 45 degrees                 |
+| snow                        | winter chance (lat - 38) / 20 (clipped 0-1) x U(0.4, 1)         |
+| irrigated paddies           | with odds 0.3: 15-50 % of the arable fields                     |
+| aquaculture ponds           | with odds 0.3: 3-15 % of the arable land dug from 1990 on       |
+| roof materials              | Dirichlet(2, 1, 1, 1) shares of concrete, tile, metal, bitumen  |
 
 Seeds below `EVAL_SEED_MIN` are the training range, seeds from it on are for evaluation only
 (`flows.evaluate.check_unseen` refuses the others): a configuration scored is never one a
-training run drew. What the renderer cannot express yet, and so is not drawn: landscapes
-other than the Central-European one (paddies, aquaculture, roof materials, snow) and
-across-track view-angle effects within a scene (issue 15, item 1).
+training run drew. The landscape draws come after the others, so a seed keeps the place,
+sky and radiometry it had before they existed. What the renderer cannot express yet, and so
+is not drawn: across-track view-angle effects within a scene, terrain (elevation, slopes,
+their shading and snow lines), other climates' vegetation and crop calendars.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ EVAL_SEED_MIN = 1000
 _MONTHS = ((4, 10), (5, 9), (3, 6), (8, 11), (1, 4))
 _SCENES_PER_YEAR = (1, 2, 3, 5)
 _CLOUD_BETA = ((0.35, 0.6), (0.45, 0.33), (0.6, 0.3))
+_SNOW_FROM_LAT = 38.0  # snow chance grows from 0 here to its full draw 20 degrees north
+_LANDSCAPE_ODDS = 0.3  # chance of a paddy landscape, and of an aquaculture one
+_ROOF_ALPHA = (2.0, 1.0, 1.0, 1.0)  # Dirichlet of roof shares: concrete, tile, metal, bitumen
 
 
 def sample_config(seed: int) -> ArchiveConfig:
@@ -50,7 +58,7 @@ def sample_config(seed: int) -> ArchiveConfig:
         raise InputError(f"seed: {seed} is negative; give a seed >= 0.")
     rng = np.random.default_rng([seed, 0x5A3B1E])  # a stream of its own, not the world's
     offset = rng.uniform(-10.0, 10.0, 2)
-    return ArchiveConfig.model_validate(
+    fields = ArchiveConfig.model_validate(
         {
             **DEMO_CONFIG.model_dump(),
             "seed": seed,
@@ -67,4 +75,13 @@ def sample_config(seed: int) -> ArchiveConfig:
             "haze": round(float(rng.uniform(0.0, 0.03)), 4),
             "illumination": round(float(rng.uniform(0.0, 0.15)), 4),
         }
-    )
+    ).model_dump()
+    # Drawn after the others, so those keep the values they had before landscapes existed.
+    snow_line = np.clip((fields["center_lat"] - _SNOW_FROM_LAT) / 20.0, 0.0, 1.0)
+    fields["snow"] = round(float(snow_line * rng.uniform(0.4, 1.0)), 4)
+    paddies = rng.random() < _LANDSCAPE_ODDS
+    fields["paddy_share"] = round(float(rng.uniform(0.15, 0.5)), 4) if paddies else 0.0
+    ponds = rng.random() < _LANDSCAPE_ODDS
+    fields["aquaculture_share"] = round(float(rng.uniform(0.03, 0.15)), 4) if ponds else 0.0
+    fields["roof_materials"] = tuple(round(float(v), 3) for v in rng.dirichlet(_ROOF_ALPHA))
+    return ArchiveConfig.model_validate(fields)

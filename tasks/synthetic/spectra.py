@@ -36,13 +36,18 @@ from tasks.synthetic.bands import RESPONSE, reflectance_assets
 from tasks.synthetic.config import Platform
 
 __all__ = [
+    "BASE_ENDMEMBERS",
     "CROPS",
     "FOREST",
     "GRASS",
+    "RICE",
+    "RICE_CODE",
+    "RICE_FLOOD",
     "Endmember",
     "Phenology",
     "band_table",
     "cloud_band_values",
+    "rice_flood",
 ]
 
 
@@ -55,6 +60,15 @@ class Endmember(IntEnum):
     SOIL = 3
     ROOF_CONCRETE = 4
     ASPHALT = 5
+    SNOW = 6
+    ROOF_TILE = 7
+    ROOF_METAL = 8
+    ROOF_BITUMEN = 9
+
+
+#: The endmembers of the demo landscape; the others (snow, other roof materials) enter a
+#: surface only where a configuration asks for them.
+BASE_ENDMEMBERS = 6
 
 
 # (wavelength um, reflectance) nodes; linear in between, flat beyond the ends.
@@ -98,6 +112,31 @@ _NODES: dict[Endmember, tuple[tuple[float, float], ...]] = {
         (0.40, 0.050), (0.50, 0.060), (0.60, 0.070), (0.70, 0.075), (0.80, 0.080),
         (1.00, 0.090), (1.20, 0.100), (1.60, 0.110), (2.00, 0.110), (2.20, 0.105),
         (2.50, 0.100),
+    ),
+    # Aged snow on the ground (grain growth and impurities lower the visible from the ~0.97 of
+    # fresh snow): ice absorption bands at 1.03, 1.25, 1.5 and 2.0 um, dark in the SWIR, the
+    # basis of the NDSI (Dozier 1989; USGS splib07 "Melting_snow" shape).
+    Endmember.SNOW: (
+        (0.40, 0.86), (0.50, 0.86), (0.60, 0.85), (0.70, 0.83), (0.80, 0.79), (0.90, 0.72),
+        (1.00, 0.58), (1.03, 0.52), (1.10, 0.56), (1.25, 0.40), (1.30, 0.36), (1.45, 0.06),
+        (1.50, 0.03), (1.60, 0.05), (1.70, 0.07), (1.80, 0.08), (1.90, 0.01), (2.00, 0.01),
+        (2.20, 0.04), (2.30, 0.03), (2.50, 0.01),
+    ),
+    # Terra cotta roofing tile (ECOSTRESS manmade): iron-oxide red, dark blue, bright SWIR.
+    Endmember.ROOF_TILE: (
+        (0.40, 0.060), (0.50, 0.070), (0.55, 0.090), (0.60, 0.200), (0.65, 0.280),
+        (0.70, 0.320), (0.80, 0.360), (0.90, 0.380), (1.00, 0.400), (1.20, 0.450),
+        (1.60, 0.500), (2.00, 0.480), (2.20, 0.470), (2.50, 0.450),
+    ),
+    # Weathered galvanised steel sheet (industrial halls): bright and spectrally flat.
+    Endmember.ROOF_METAL: (
+        (0.40, 0.300), (0.60, 0.320), (0.80, 0.330), (1.00, 0.340), (1.60, 0.330),
+        (2.20, 0.300), (2.50, 0.280),
+    ),
+    # Bitumen / tar-paper flat roof: dark, rising slowly into the SWIR.
+    Endmember.ROOF_BITUMEN: (
+        (0.40, 0.045), (0.60, 0.055), (0.80, 0.065), (1.00, 0.075), (1.60, 0.095),
+        (2.20, 0.100), (2.50, 0.095),
     ),
 }  # fmt: skip
 
@@ -213,6 +252,14 @@ class Phenology:
         return np.clip(standing + stubble, 0.0, 1.0).astype(np.float32)
 
 
+def rice_flood(doy: float, shift: NDArray[np.float32] | float = 0.0) -> NDArray[np.float32]:
+    """Share of a paddy under standing water on day of year `doy` (0-1; smooth steps at
+    `RICE_FLOOD`, delayed per field by `shift` days as the crop cycle is)."""
+    t = doy - np.asarray(shift, dtype=np.float32)
+    start, end = RICE_FLOOD
+    return (_step(t, start, 3.0) * (1.0 - _step(t, end, 4.0))).astype(np.float32)
+
+
 def _step(t: NDArray[np.float32], at: float, width: float) -> NDArray[np.float32]:
     """Smooth 0 -> 1 step centred on `at` (days) with a logistic `width` (days)."""
     return expit((t - at) / width).astype(np.float32)
@@ -225,6 +272,13 @@ CROPS: dict[int, Phenology] = {
     2: Phenology(sos=165, eos=255, f_min=0.0, f_max=0.90, harvest=280),  # maize
     3: Phenology(sos=140, eos=262, f_min=0.0, f_max=0.85, harvest=290),  # spring crop / beet
 }
+#: Crop code of irrigated rice (paddies; Po valley / Ebro delta calendar: fields flooded from
+#: early May, transplanted or water-seeded, drained about three weeks before the harvest in
+#: late September). Paddies grow rice every year.
+RICE_CODE = 4
+RICE = Phenology(sos=175, eos=240, f_min=0.0, f_max=0.90, harvest=270)
+#: Days of year a paddy holds standing water (inflections of smooth steps).
+RICE_FLOOD = (125.0, 245.0)
 #: Managed grassland: never bare, browns partly in winter.
 GRASS = Phenology(sos=95, eos=285, f_min=0.45, f_max=0.85)
 #: Mixed temperate forest: deciduous leaf-out in late April, leaf fall in October; the

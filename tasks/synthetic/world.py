@@ -21,8 +21,24 @@ from shapely.geometry import Point
 
 from tasks.aoi import utm_epsg
 from tasks.synthetic.config import ArchiveConfig, Platform
-from tasks.synthetic.landscape import TRUTH_RESOLUTION, Layout, build_layout, rng_for
-from tasks.synthetic.spectra import CROPS, FOREST, GRASS, Endmember, band_table
+from tasks.synthetic.landscape import (
+    TRUTH_RESOLUTION,
+    Layout,
+    build_layout,
+    rng_for,
+    smooth_noise,
+)
+from tasks.synthetic.spectra import (
+    BASE_ENDMEMBERS,
+    CROPS,
+    FOREST,
+    GRASS,
+    RICE,
+    RICE_CODE,
+    Endmember,
+    band_table,
+    rice_flood,
+)
 
 __all__ = ["LandCover", "World", "build_world", "main_epsg"]
 
@@ -63,7 +79,11 @@ class World:
     """Land cover per year on the world grid (`layout.grid`, 10 m, main UTM zone).
 
     `landcover` and `crop` have dims (year, row, col); `crop` is the crop code (1 winter
-    cereal, 2 maize, 3 spring crop) where land cover is cropland, else 0.
+    cereal, 2 maize, 3 spring crop, 4 rice) where land cover is cropland, else 0. Landscapes
+    beyond the demo's, None where the configuration has none: `paddy` (per field id: an
+    irrigated rice paddy), `pond` (pixels of the aquaculture ponds, water from the year they
+    were dug, dikes excluded), `roof` (per pixel roof material: 0 concrete, 1 clay tile,
+    2 metal, 3 bitumen).
     """
 
     layout: Layout
@@ -71,26 +91,102 @@ class World:
     landcover: NDArray[np.uint8]
     crop: NDArray[np.uint8]
     reservoir_year: int
+    paddy: NDArray[np.bool_] | None = None
+    pond: NDArray[np.bool_] | None = None
+    roof: NDArray[np.uint8] | None = None
 
     def year_index(self, year: int) -> int:
         """Index of `year` along the first axis (clamped to the simulated range)."""
         return min(max(year - self.years[0], 0), len(self.years) - 1)
 
     def surface(
-        self, platform: Platform, day: date, *, soil_wetness: float = 1.0
+        self,
+        platform: Platform,
+        day: date,
+        *,
+        soil_wetness: float = 1.0,
+        snow: NDArray[np.float32] | None = None,
     ) -> NDArray[np.float32]:
         """Noise-free surface reflectance on the world grid for `platform`'s bands on `day`.
 
         Returns dims (band, row, col), band order as `reflectance_assets(platform)`; unitless.
-        `soil_wetness` scales the soil endmember (wet soil is darker), per acquisition.
+        `soil_wetness` scales the soil endmember (wet soil is darker), per acquisition;
+        `snow` is the snow-covered share of each pixel (`snow_fraction`), None for none.
         """
         i = self.year_index(day.year)
         doy = float(day.timetuple().tm_yday)
         abundance = _abundances(self.layout, self.landcover[i], self.crop[i], doy)
-        table = band_table(platform).copy()
+        if (
+            self.paddy is not None
+            or self.pond is not None
+            or self.roof is not None
+            or (snow is not None)
+        ):
+            abundance = self._other_landscapes(abundance, i, doy, snow)
+        # Only the endmembers in use enter the sum, so that a demo surface is computed exactly
+        # as before the other landscapes existed (same terms, same rounding).
+        table = band_table(platform)[: abundance.shape[0]].copy()
         table[Endmember.SOIL] *= soil_wetness
         refl = np.tensordot(table.T, abundance, axes=(1, 0))
         return np.asarray(refl * self.layout.brightness, dtype=np.float32)
+
+    def _other_landscapes(
+        self, base: NDArray[np.float32], i: int, doy: float, snow: NDArray[np.float32] | None
+    ) -> NDArray[np.float32]:
+        """All endmember abundances: `base` (the demo landscape's) with paddies, ponds, roof
+        materials and snow cover applied."""
+        a = np.zeros((len(Endmember), *base.shape[1:]), dtype=np.float32)
+        a[:BASE_ENDMEMBERS] = base
+        if self.paddy is not None:
+            # Standing water between the plants: the flood covers the share not under canopy
+            # or residue (what the demo landscape shows as soil).
+            rice = self.crop[i] == RICE_CODE
+            flood = rice_flood(doy, self.layout.field_delay)[self.layout.field]
+            soil = a[Endmember.SOIL]
+            a[Endmember.WATER] = np.where(rice, flood * soil, a[Endmember.WATER])
+            a[Endmember.SOIL] = np.where(rice, (1.0 - flood) * soil, soil)
+        if self.pond is not None:
+            pond = self.pond & (self.landcover[i] == LandCover.WATER)
+            drained = doy < _POND_DRAINED[0] or doy > _POND_DRAINED[1]
+            # Fish ponds: turbid, algal water in the season; wet mud once drained for winter.
+            mix = {Endmember.WATER: 0.9, Endmember.SOIL: 0.07, Endmember.GREEN_VEG: 0.03}
+            if drained:
+                mix = {Endmember.SOIL: 0.7, Endmember.DRY_VEG: 0.1, Endmember.WATER: 0.2}
+            for member in Endmember:
+                a[member] = np.where(pond, mix.get(member, 0.0), a[member])
+        if self.roof is not None:
+            for code, member in _ROOF_MEMBERS.items():
+                here = self.roof == code
+                a[member] = np.where(here, a[Endmember.ROOF_CONCRETE], 0.0)
+                a[Endmember.ROOF_CONCRETE] = np.where(here, 0.0, a[Endmember.ROOF_CONCRETE])
+        if snow is not None:
+            a *= 1.0 - snow
+            a[Endmember.SNOW] = snow
+        return a
+
+    def snow_fraction(
+        self, day: date, extent: float, noise: NDArray[np.float32]
+    ) -> NDArray[np.float32]:
+        """Snow-covered share of each world-grid pixel on `day` for a snow cover of `extent`
+        (0-1, the share of open land under snow): patches where the smooth `noise` (zero mean,
+        unit std) is highest, with soft edges, full on open land, partial where roads are
+        cleared and roofs shed it (built-up) and under a forest canopy, none on open water."""
+        if not 0.0 < extent <= 1.0:
+            raise ValueError(f"extent: {extent} is not in (0, 1].")
+        threshold = float(np.quantile(noise, 1.0 - extent))
+        patch = np.clip((noise - threshold) * 3.0 + 0.5, 0.0, 1.0)
+        lc = self.landcover[self.year_index(day.year)]
+        return (patch * _SNOW_BY_CLASS[lc]).astype(np.float32)
+
+
+#: Days of year between which fish ponds hold water (drained for winter otherwise).
+_POND_DRAINED = (75.0, 310.0)
+#: Roof material code -> endmember (0 is concrete, the demo's roofs).
+_ROOF_MEMBERS = {1: Endmember.ROOF_TILE, 2: Endmember.ROOF_METAL, 3: Endmember.ROOF_BITUMEN}
+#: Snow-covered share per land cover class (indexed by `LandCover`) where snow lies: open land
+#: fully, built-up partly (cleared roads, warm roofs), forest partly (canopy above the snow),
+#: open water not at all.
+_SNOW_BY_CLASS = np.array([0.0, 0.0, 0.35, 1.0, 1.0, 1.0, 0.6], dtype=np.float32)
 
 
 def _abundances(
@@ -102,7 +198,7 @@ def _abundances(
     """
     grass_green = float(GRASS.green(doy))
     forest_green = float(FOREST.green(doy))
-    per_class = np.zeros((len(LandCover), len(Endmember)), dtype=np.float32)
+    per_class = np.zeros((len(LandCover), BASE_ENDMEMBERS), dtype=np.float32)
     per_class[LandCover.WATER, Endmember.WATER] = 1.0
     per_class[LandCover.FOREST, Endmember.GREEN_VEG] = 0.85 * forest_green
     per_class[LandCover.FOREST, Endmember.DRY_VEG] = 0.5 * (1.0 - forest_green)
@@ -113,11 +209,14 @@ def _abundances(
 
     # Crops: green and residue cover per (crop, field), gathered per pixel.
     n_fields = layout.n_fields
-    green = np.zeros((len(CROPS) + 1, n_fields), dtype=np.float32)
+    green = np.zeros((RICE_CODE + 1, n_fields), dtype=np.float32)
     residue = np.zeros_like(green)
     for code, phenology in CROPS.items():
         green[code] = phenology.green(doy, layout.field_delay)
         residue[code] = phenology.residue(doy, layout.field_delay)
+    if (crop == RICE_CODE).any():
+        green[RICE_CODE] = RICE.green(doy, layout.field_delay)
+        residue[RICE_CODE] = RICE.residue(doy, layout.field_delay)
     cropland = crop > 0
     crop_green = green[crop, layout.field]
     crop_residue = residue[crop, layout.field]
@@ -224,6 +323,73 @@ def _forest_cuts(config: ArchiveConfig, layout: Layout, n_years: int) -> NDArray
     return cut
 
 
+def _paddies(config: ArchiveConfig, layout: Layout) -> NDArray[np.bool_] | None:
+    """Per field id, True for an irrigated rice paddy: `paddy_share` of the arable fields,
+    in clusters (the fields where a smooth field of its own is highest), as rice lands lie
+    together on the irrigated lowland."""
+    if config.paddy_share <= 0:
+        return None
+    rng = rng_for(config, "paddies")
+    score = _parcel_mean(layout.field, smooth_noise(rng, layout.grid.shape, 40.0), layout.n_fields)
+    score[layout.meadow] = -np.inf
+    arable = np.flatnonzero(~layout.meadow)
+    chosen = arable[np.argsort(-score[arable])[: round(config.paddy_share * arable.size)]]
+    paddy = np.zeros(layout.n_fields, dtype=bool)
+    paddy[chosen] = True
+    return paddy
+
+
+def _ponds(
+    config: ArchiveConfig, layout: Layout, years: tuple[int, ...], never_built: NDArray[np.bool_]
+) -> tuple[NDArray[np.bool_], NDArray[np.int64]] | None:
+    """Aquaculture: (pond pixels without their dikes, year index each was dug per pixel).
+
+    Arable fields in one cluster (a smooth score of their own) are dug into ponds from 1990
+    on, the cluster growing outward year by year, until `aquaculture_share` of the AOI's
+    arable land is ponds. A field is dug in one year (bare, like a construction site) and is
+    water from the next; 10 m dikes every 100 m split it into ponds. Land that is ever built
+    on, forest, roads and the other water bodies are never dug."""
+    if config.aquaculture_share <= 0:
+        return None
+    rng = rng_for(config, "aquaculture")
+    n_fields = layout.n_fields
+    score = _parcel_mean(layout.field, smooth_noise(rng, layout.grid.shape, 60.0), n_fields)
+    diggable = (
+        ~layout.meadow[layout.field]
+        & ~layout.forest
+        & ~layout.road
+        & ~layout.lake
+        & ~layout.reservoir
+        & ~layout.quarry
+        & never_built
+    )
+    window = layout.aoi_window
+    area = np.bincount(layout.field[window][diggable[window]], minlength=n_fields)
+    order = np.argsort(-score)
+    order = order[area[order] > 0]
+    need = config.aquaculture_share * area.sum()
+    chosen = order[: int(np.searchsorted(np.cumsum(area[order]), need)) + 1]
+    first = min(max(1990 - years[0], 0), len(years) - 2)
+    dug = np.full(n_fields, len(years), dtype=np.int64)
+    steps = np.linspace(first, len(years) - 2, chosen.size) + rng.uniform(-1.5, 1.5, chosen.size)
+    dug[chosen] = np.clip(np.round(steps), first, len(years) - 2).astype(np.int64)
+    rows, cols = np.indices(layout.grid.shape)
+    dike = (rows % 10 == 0) | (cols % 10 == 0)
+    pond = diggable & (dug[layout.field] < len(years)) & ~dike
+    return pond, np.where(pond, dug[layout.field], len(years))
+
+
+def _roofs(config: ArchiveConfig, layout: Layout) -> NDArray[np.uint8] | None:
+    """Roof material per pixel (one draw per development parcel with the configured shares),
+    None for the demo's concrete roofs everywhere."""
+    if config.roof_materials == (1.0, 0.0, 0.0, 0.0):
+        return None
+    shares = np.asarray(config.roof_materials, dtype=np.float64)
+    rng = rng_for(config, "roofs")
+    material = rng.choice(len(shares), size=layout.n_parcels, p=shares / shares.sum())
+    return material.astype(np.uint8)[layout.parcel]
+
+
 def build_world(config: ArchiveConfig) -> World:
     """Simulate the land cover of every year of `config` (deterministic in `config.seed`)."""
     layout = build_layout(config, main_epsg(config))
@@ -237,6 +403,9 @@ def build_world(config: ArchiveConfig) -> World:
     breaks = rng.random(rotation.shape) < _ROTATION_BREAK
     rotation = np.where(breaks, rng.integers(1, 4, rotation.shape), rotation)
     water = layout.lake | layout.reservoir
+    paddy = _paddies(config, layout)
+    ponds = _ponds(config, layout, years, commit >= n)
+    pond, dug = ponds if ponds is not None else (None, None)
 
     landcover = np.empty((n, *layout.grid.shape), dtype=np.uint8)
     crop = np.zeros_like(landcover)
@@ -259,8 +428,19 @@ def build_world(config: ArchiveConfig) -> World:
         lc[layout.lake] = LandCover.WATER
         if year >= reservoir_year:
             lc[layout.reservoir] = LandCover.WATER
+        if pond is not None and dug is not None:
+            lc[pond & (i == dug)] = LandCover.BARE
+            lc[pond & (i > dug)] = LandCover.WATER
         landcover[i] = lc
-        crop[i] = np.where(lc == LandCover.CROPLAND, rotation[i][layout.field], 0)
+        crops = rotation[i] if paddy is None else np.where(paddy, RICE_CODE, rotation[i])
+        crop[i] = np.where(lc == LandCover.CROPLAND, crops[layout.field], 0)
     return World(
-        layout=layout, years=years, landcover=landcover, crop=crop, reservoir_year=reservoir_year
+        layout=layout,
+        years=years,
+        landcover=landcover,
+        crop=crop,
+        reservoir_year=reservoir_year,
+        paddy=paddy,
+        pond=pond,
+        roof=_roofs(config, layout),
     )

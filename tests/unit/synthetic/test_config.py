@@ -27,6 +27,10 @@ def test_config_is_frozen() -> None:
         ("months", (9, 4), "months"),
         ("builtup_end", 0.01, "builtup_end"),
         ("size_m", 100.0, "size_m"),
+        ("roof_materials", (0.0, 0.0, 0.0, 0.0), "roof_materials"),
+        ("roof_materials", (1.0, -0.5, 0.2, 0.3), "roof_materials"),
+        ("snow", 1.5, "snow"),
+        ("paddy_share", 0.9, "paddy_share"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(

@@ -35,6 +35,21 @@ def test_sample_config_draws_within_the_documented_ranges() -> None:
     assert {c.cloud_beta for c in configs} == {(0.35, 0.6), (0.45, 0.33), (0.6, 0.3)}
 
 
+def test_sample_config_draws_landscapes_snow_by_latitude() -> None:
+    configs = [sample_config(s) for s in range(EVAL_SEED_MIN, EVAL_SEED_MIN + 200)]
+    for c in configs:
+        assert 0.0 <= c.snow <= 1.0
+        assert c.snow <= max(0.0, (c.center_lat - 38.0) / 20.0) + 1e-9  # none in the south
+        assert c.paddy_share == 0.0 or 0.15 <= c.paddy_share <= 0.5
+        assert c.aquaculture_share == 0.0 or 0.03 <= c.aquaculture_share <= 0.15
+        assert abs(sum(c.roof_materials) - 1.0) < 0.01 and min(c.roof_materials) >= 0.0
+    north = [c.snow for c in configs if c.center_lat > 55.0]
+    assert min(north) > 0.3
+    # each landscape in some worlds and not in others (odds 0.3)
+    for share in ([c.paddy_share for c in configs], [c.aquaculture_share for c in configs]):
+        assert 0.15 < sum(v > 0 for v in share) / len(configs) < 0.45
+
+
 def test_sampled_worlds_of_the_training_range_are_refused_for_evaluation() -> None:
     with pytest.raises(InputError, match="training range"):
         check_unseen([EVAL_SEED_MIN, 7], world="sampled", weights_dir=None)

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.synthetic.bands import RESPONSE, reflectance_assets
 from tasks.synthetic.config import LANDSAT_PLATFORMS, SENTINEL2_PLATFORMS, tiny_config
-from tasks.synthetic.spectra import CROPS, FOREST, GRASS, Endmember, band_table
+from tasks.synthetic.spectra import BASE_ENDMEMBERS, CROPS, FOREST, GRASS, Endmember, band_table
 from tasks.synthetic.world import LandCover, build_world
 
 
@@ -58,9 +58,13 @@ def test_surface_builtup_swir_exceeds_nir_and_water_nir_is_low(world) -> None:
 def test_band_table_differs_a_little_between_sensors() -> None:
     s2a, s2b = band_table("sentinel-2a"), band_table("sentinel-2b")
     l8, l9, l5 = band_table("landsat-8"), band_table("landsat-9"), band_table("landsat-5")
-    # TM/ETM+ follow Roy et al. 2016's ETM+ -> OLI fit: up to ~0.035 for bright vegetation NIR
+    # TM/ETM+ follow Roy et al. 2016's ETM+ -> OLI fit: up to ~0.035 for bright vegetation NIR.
+    # Snow and the bright tile and metal roofs lie beyond the reflectances the fit was made on
+    # (their TM values differ more, up to 0.15 for snow in the NIR, as the extrapolated fit
+    # says), so only the demo's surfaces are held to it here.
+    land = list(range(BASE_ENDMEMBERS))
     for (a, b), most in (((s2a, s2b), 0.03), ((l8, l9), 0.03), ((l5, l8), 0.04)):
-        diff = np.abs(a - b)
+        diff = np.abs(a[land] - b[land])
         assert diff.max() > 1e-4, "same surface must read slightly differently per sensor"
         assert diff.max() < most, "but only slightly"
     # ETM+ -> OLI per Roy et al. 2016 (Table 2, OLS), e.g. NIR: OLI = 0.0412 + 0.8462 ETM+
